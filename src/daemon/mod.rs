@@ -1,0 +1,250 @@
+//! The daemon's lifecycle: start the long-lived tasks, tell systemd when we are ready, supervise
+//! them together (the first unexpected exit stops everything, non-zero, so systemd restarts us),
+//! and shut down in order on SIGTERM/SIGINT within a bounded time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FenceBackend, Settings};
+use crate::dbus::{self, AgentInfo, LogControl};
+use crate::fence::standalone::FileLease;
+use crate::fence::{FenceLoop, FenceStatus, Holder, LogOnlyLoss, Timing};
+use crate::host::{Host, HostError};
+use crate::metrics::{self, Metrics};
+
+pub mod notify;
+
+use notify::Notifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The host's identity files could not be read.
+    #[error("cannot identify this host: {0}")]
+    Host(#[from] HostError),
+    /// The configured fence backend cannot run in this build.
+    #[error("fence backend {0:?} is not available in volfenced {v}; set [fence] backend = \"standalone\" for a single host", v = env!("CARGO_PKG_VERSION"))]
+    BackendUnavailable(&'static str),
+    /// A state or runtime directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    /// The bus could not be reached or the name is taken.
+    #[error(transparent)]
+    Dbus(#[from] dbus::ServeError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// A task that must run for the agent's whole life stopped.
+    #[error("critical task {task} stopped: {reason}")]
+    TaskDied { task: &'static str, reason: String },
+    /// Shutdown did not finish in time.
+    #[error("shutdown did not finish within {0:?}")]
+    ShutdownTimeout(std::time::Duration),
+}
+
+/// Everything `run` needs, decided by `main`.
+pub struct Options {
+    pub settings: Settings,
+    pub host: Host,
+    pub config_files: Vec<PathBuf>,
+    pub log: Arc<dyn LogControl>,
+}
+
+type TaskResult = (&'static str, Result<(), String>);
+
+/// Runs the agent until SIGTERM/SIGINT (Ok) or a critical task dies (Err).
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let Options {
+        settings,
+        host,
+        config_files,
+        log,
+    } = opts;
+    let notifier = Notifier::from_env();
+    notifier.status("starting");
+    if config_files.is_empty() {
+        tracing::info!("no configuration file found: using the built-in defaults");
+    } else {
+        tracing::info!(
+            "configuration from {}",
+            config_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let holder = Holder {
+        node: settings.node.name.clone(),
+        boot_id: host.boot_id()?,
+    };
+    let mut warnings = Vec::new();
+    let state_dir = host.path(&settings.daemon.state_dir);
+    let backend = match settings.fence.backend {
+        FenceBackend::Standalone => {
+            let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
+            tracing::warn!("{w}");
+            warnings.push(w.to_string());
+            FileLease::new(&state_dir, holder.clone())
+        }
+        FenceBackend::Kubernetes => return Err(DaemonError::BackendUnavailable("kubernetes")),
+    };
+
+    // Startup reconciliation: the directories the agent owns exist before anything is served.
+    for dir in [&settings.daemon.state_dir, &settings.daemon.runtime_dir] {
+        let path = host.path(dir);
+        std::fs::create_dir_all(&path).map_err(|source| DaemonError::Directory { path, source })?;
+    }
+
+    let timing = Timing::from_settings(&settings.fence);
+    if let Some(wd) = notifier.watchdog_interval() {
+        // systemd wants a ping at least every WatchdogSec; the fence pings once per renew.
+        if timing.renew_interval * 2 > wd {
+            tracing::warn!("WatchdogSec={wd:?} is shorter than twice renew_interval ({:?}): systemd may kill a healthy agent", timing.renew_interval);
+        }
+    }
+    let beat_notifier = notifier.clone();
+    let (fence_loop, fence) = FenceLoop::new(
+        backend,
+        holder.clone(),
+        timing,
+        settings.fence.on_lease_loss,
+        Box::new(move || beat_notifier.watchdog()),
+        Box::new(LogOnlyLoss),
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = settings.metrics.listen {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        let (m, s) = (metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            metrics::serve(listener, m, s).await;
+            ("metrics", Ok(()))
+        });
+    }
+
+    let conn = dbus::connect(&settings.dbus)
+        .await
+        .map_err(dbus::ServeError::from)?;
+    let info = AgentInfo {
+        node: holder.node.clone(),
+        fence_backend: settings.fence.backend.as_str().to_string(),
+        bus: settings.dbus.to_string(),
+        warnings,
+    };
+    let iface = dbus::serve(&conn, info, fence.clone(), log).await?;
+    tracing::info!(
+        NODE = holder.node.as_str(),
+        "serving {} on the {} bus",
+        dbus::BUS_NAME,
+        settings.dbus
+    );
+
+    {
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            fence_loop.run(s).await;
+            ("fence", Ok(()))
+        });
+    }
+    {
+        let (rx, s) = (fence.subscribe(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "dbus-publisher",
+                dbus::publish_fence(iface, rx, s)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+    {
+        let (mut rx, s, m, n) = (
+            fence.subscribe(),
+            shutdown.clone(),
+            metrics.clone(),
+            notifier.clone(),
+        );
+        let bus = settings.dbus.to_string();
+        tasks.spawn(async move {
+            let mut prev = None;
+            loop {
+                let st: FenceStatus = rx.borrow_and_update().clone();
+                if prev != Some(st.state) {
+                    n.status(&format!(
+                        "fence {} (epoch {}): {}; D-Bus {} on {bus}",
+                        st.state,
+                        st.epoch,
+                        st.message,
+                        dbus::BUS_NAME
+                    ));
+                }
+                m.observe_fence(prev, &st);
+                prev = Some(st.state);
+                tokio::select! {
+                    _ = s.cancelled() => return ("status", Ok(())),
+                    r = rx.changed() => if r.is_err() { return ("status", Ok(())) },
+                }
+            }
+        });
+    }
+
+    notifier.ready(&format!(
+        "serving {} on the {} bus",
+        dbus::BUS_NAME,
+        settings.dbus
+    ));
+    tracing::info!(
+        "volfenced {} ready (node {}, pid {})",
+        env!("CARGO_PKG_VERSION"),
+        holder.node,
+        std::process::id()
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        Some(done) = tasks.join_next() => {
+            let (task, reason) = match done {
+                Ok((task, Ok(()))) => (task, "exited".to_string()),
+                Ok((task, Err(e))) => (task, e),
+                Err(e) => ("unknown", e.to_string()),
+            };
+            tracing::error!("critical task {task} stopped ({reason}): shutting down so systemd can restart the agent");
+            Err(DaemonError::TaskDied { task, reason })
+        }
+    };
+
+    notifier.stopping();
+    shutdown.cancel();
+    let limit = settings.daemon.shutdown_timeout;
+    let drained = tokio::time::timeout(limit, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((task, Err(e))) = done {
+                tracing::warn!("{task} ended with an error during shutdown: {e}");
+            }
+        }
+    })
+    .await;
+    dbus::release(&conn).await;
+    outcome?;
+    drained.map_err(|_| DaemonError::ShutdownTimeout(limit))?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The D-Bus boundary: a thin `org.volfence.Agent1` interface over the daemon's handles. Errors from
+//! the rest of the agent are mapped to named D-Bus errors here, once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use tokio_util::sync::CancellationToken;
+use zbus::connection::Builder;
+use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
+use zbus::message::Header;
+use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::{interface, Connection, OwnedVariant, Variant};
+
+use crate::config::BusSpec;
+use crate::fence::{Fence, FenceError, FenceStatus};
+
+pub mod client;
+
+/// Well-known bus name, also the interface name of the agent object.
+pub const BUS_NAME: &str = "org.volfence.Agent1";
+pub const INTERFACE: &str = "org.volfence.Agent1";
+/// The agent object.
+pub const AGENT_PATH: &str = "/org/volfence/Agent1";
+/// The ObjectManager, root of the per-volume and per-job objects.
+pub const MANAGER_PATH: &str = "/org/volfence";
+/// Prefix of the named errors.
+pub const ERROR_PREFIX: &str = "org.volfence.Error";
+
+/// Errors as callers see them: `org.volfence.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.volfence.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The caller may not call this method (only root may change the agent).
+    AccessDenied(String),
+    /// The host does not hold a valid lease: device operations are refused.
+    NotFenced(String),
+    /// An argument was malformed or out of range.
+    InvalidArgument(String),
+    /// An operation did not finish within its deadline.
+    Timeout(String),
+    /// The device or volume asked for does not exist.
+    DeviceNotFound(String),
+    /// Another operation holds the object.
+    Busy(String),
+    /// Anything else; the message says what.
+    Failed(String),
+}
+
+impl From<FenceError> for Error {
+    fn from(e: FenceError) -> Self {
+        Error::NotFenced(e.to_string())
+    }
+}
+
+impl From<zbus::fdo::Error> for Error {
+    fn from(e: zbus::fdo::Error) -> Self {
+        Error::ZBus(zbus::Error::FDO(Box::new(e)))
+    }
+}
+
+/// Run-time log level control, provided by the logging setup.
+pub trait LogControl: Send + Sync {
+    fn level(&self) -> String;
+    fn set_level(&self, filter: &str) -> Result<(), String>;
+}
+
+impl LogControl for crate::logging::LogHandle {
+    fn level(&self) -> String {
+        crate::logging::LogHandle::level(self)
+    }
+    fn set_level(&self, filter: &str) -> Result<(), String> {
+        crate::logging::LogHandle::set_level(self, filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Static facts about this agent, shown by `Status()`.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub node: String,
+    pub fence_backend: String,
+    pub bus: String,
+    /// Conditions under which the agent promises less than an operator might assume.
+    pub warnings: Vec<String>,
+}
+
+/// `org.volfence.Agent1` at `/org/volfence/Agent1`.
+pub struct Agent {
+    info: AgentInfo,
+    fence: Fence,
+    log: Arc<dyn LogControl>,
+    started: StdInstant,
+}
+
+fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
+    OwnedVariant::try_from(v.into()).expect("plain values carry no file descriptors")
+}
+
+/// Only root (uid 0) may call mutating methods. The bus policy says so too; this holds even on a
+/// bus whose policy is looser (a session bus, a misinstalled policy file).
+async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Error> {
+    let member = header.member().map(|m| m.to_string()).unwrap_or_default();
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::AccessDenied(format!("{member}: caller has no unique name")))?;
+    let uid = DBusProxy::new(conn)
+        .await?
+        .get_connection_unix_user(sender.clone().into())
+        .await?;
+    if uid != 0 {
+        return Err(Error::AccessDenied(format!(
+            "{member} may only be called by root (caller uid {uid})"
+        )));
+    }
+    Ok(())
+}
+
+#[interface(name = "org.volfence.Agent1")]
+impl Agent {
+    /// Agent version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// Kubernetes node name this agent fences.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn node_name(&self) -> String {
+        self.info.node.clone()
+    }
+
+    /// acquiring | held | expiring | fenced | conflict
+    #[zbus(property)]
+    fn fence_state(&self) -> String {
+        self.fence.status().state.as_str().to_string()
+    }
+
+    /// Fencing token of the current (or last) holding; 0 before the first.
+    #[zbus(property)]
+    fn epoch(&self) -> u64 {
+        self.fence.status().epoch
+    }
+
+    /// Milliseconds of local lease validity left (changes continuously: read it, no signal).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn valid_for_ms(&self) -> u64 {
+        self.fence
+            .status()
+            .valid_for(tokio::time::Instant::now())
+            .as_millis() as u64
+    }
+
+    /// Current log filter.
+    #[zbus(property)]
+    fn log_level(&self) -> String {
+        self.log.level()
+    }
+
+    /// Everything `volfencectl status` shows, as one dictionary.
+    async fn status(&self) -> HashMap<String, OwnedVariant> {
+        let s = self.fence.status();
+        let mut m = HashMap::new();
+        m.insert("Version".into(), var(env!("CARGO_PKG_VERSION")));
+        m.insert("NodeName".into(), var(self.info.node.as_str()));
+        m.insert("FenceState".into(), var(s.state.as_str()));
+        m.insert("FenceMessage".into(), var(s.message.as_str()));
+        m.insert("FenceBackend".into(), var(self.info.fence_backend.as_str()));
+        m.insert("Holder".into(), var(self.fence.holder().identity()));
+        m.insert("Epoch".into(), var(s.epoch));
+        m.insert(
+            "ValidForMs".into(),
+            var(s.valid_for(tokio::time::Instant::now()).as_millis() as u64),
+        );
+        m.insert("Pid".into(), var(std::process::id()));
+        m.insert(
+            "UptimeMs".into(),
+            var(self.started.elapsed().as_millis() as u64),
+        );
+        m.insert("LogLevel".into(), var(self.log.level()));
+        m.insert("Bus".into(), var(self.info.bus.as_str()));
+        m.insert("Warnings".into(), var(self.info.warnings.clone()));
+        m
+    }
+
+    /// Changes the log filter at run time (`info`, `debug`, `volfence=trace,zbus=warn`). Root only.
+    async fn set_log_level(
+        &self,
+        level: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), Error> {
+        require_root(conn, &header).await?;
+        self.log.set_level(&level).map_err(Error::InvalidArgument)?;
+        tracing::info!("log level set to {level:?} over D-Bus");
+        self.log_level_changed(&emitter).await?;
+        Ok(())
+    }
+
+    /// Emitted on every fence state transition.
+    #[zbus(signal, name = "FenceStateChanged")]
+    async fn fence_transition(
+        emitter: &SignalEmitter<'_>,
+        state: &str,
+        epoch: u64,
+        message: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Connects to the configured bus.
+pub async fn connect(bus: &BusSpec) -> zbus::Result<Connection> {
+    let builder = match bus {
+        BusSpec::System => Builder::system(),
+        BusSpec::Session => Builder::session(),
+        BusSpec::Address(a) => Builder::address(a.as_str()),
+    };
+    builder.build().await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Talking to the bus failed.
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    /// The name is owned by another process.
+    #[error("the name {BUS_NAME} is already owned on this bus: is another volfenced running?")]
+    NameTaken,
+}
+
+/// Exports the objects, then claims the well-known name (so a caller that sees the name sees
+/// the objects too).
+pub async fn serve(
+    conn: &Connection,
+    info: AgentInfo,
+    fence: Fence,
+    log: Arc<dyn LogControl>,
+) -> Result<InterfaceRef<Agent>, ServeError> {
+    let server = conn.object_server();
+    server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
+    let agent = Agent {
+        info,
+        fence,
+        log,
+        started: StdInstant::now(),
+    };
+    server.at(AGENT_PATH, agent).await?;
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await;
+    match reply {
+        Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
+        Ok(_) | Err(zbus::Error::NameTaken) => return Err(ServeError::NameTaken),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(server.interface::<_, Agent>(AGENT_PATH).await?)
+}
+
+/// Publishes fence transitions as PropertiesChanged + `FenceStateChanged` until `shutdown`.
+pub async fn publish_fence(
+    iface: InterfaceRef<Agent>,
+    mut rx: tokio::sync::watch::Receiver<FenceStatus>,
+    shutdown: CancellationToken,
+) -> zbus::Result<()> {
+    let mut last = rx.borrow().clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = rx.changed() => if r.is_err() { return Ok(()) },
+        }
+        let now = rx.borrow_and_update().clone();
+        if now.state == last.state && now.epoch == last.epoch {
+            continue; // validity moved on a renew: not a transition
+        }
+        let emitter = iface.signal_emitter();
+        {
+            let agent = iface.get().await;
+            if now.state != last.state {
+                agent.fence_state_changed(emitter).await?;
+            }
+            if now.epoch != last.epoch {
+                agent.epoch_changed(emitter).await?;
+            }
+        }
+        Agent::fence_transition(emitter, now.state.as_str(), now.epoch, &now.message).await?;
+        last = now;
+    }
+}
+
+/// Gives the name up before the process exits, so callers see "not running" at once.
+pub async fn release(conn: &Connection) {
+    if let Err(e) = conn.release_name(BUS_NAME).await {
+        tracing::debug!("releasing {BUS_NAME}: {e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! Absolute host paths, in one place. Resolve them with [`super::Host::path`], never directly.
+
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+pub const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+pub const STATE_DIR: &str = "/var/lib/volfence";
+pub const RUNTIME_DIR: &str = "/run/volfence";
+pub const SNAPSHOT_MOUNT_ROOT: &str = "/run/volfence/snapshots";
+pub const NVME_HOSTNQN_FILE: &str = "/etc/nvme/hostnqn";
+pub const NVME_HOSTID_FILE: &str = "/etc/nvme/hostid";

@@ -1,0 +1,11 @@
+//! volfence: a host agent that fences NVMe/TCP volumes with a per-host lease and takes online LVM
+//! snapshots, driven over D-Bus.
+
+pub mod config;
+pub mod daemon;
+pub mod dbus;
+pub mod fence;
+pub mod host;
+pub mod logging;
+pub mod metrics;
+pub mod nvme;

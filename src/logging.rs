@@ -1,0 +1,109 @@
+//! Logging: journald when stderr is the journal (or when configured), else human-readable stderr.
+//! Structured fields (`EPOCH`, `VOLUME_ID`, `NQN`, …) are written upper-case so `journalctl -o
+//! verbose` and `journalctl EPOCH=3` show and match them as they are.
+
+use std::sync::Mutex;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+use crate::config::{LogSettings, LogTarget};
+
+/// `SYSLOG_IDENTIFIER` of the daemon's journal entries.
+pub const SYSLOG_IDENTIFIER: &str = "volfenced";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The filter given is not a tracing filter.
+    #[error("invalid log level or filter {filter:?}: {message}")]
+    BadFilter { filter: String, message: String },
+    /// journald was requested but its socket cannot be used.
+    #[error("cannot log to journald: {0}")]
+    Journald(#[source] std::io::Error),
+    /// A global subscriber was already installed.
+    #[error("logging already initialised")]
+    AlreadyInitialised,
+}
+
+/// Changes the level at run time (D-Bus `SetLogLevel`).
+pub struct LogHandle {
+    reload: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+    pub journald: bool,
+}
+
+impl LogHandle {
+    pub fn level(&self) -> String {
+        self.current.lock().unwrap().clone()
+    }
+
+    pub fn set_level(&self, filter: &str) -> Result<(), LogError> {
+        let f = parse_filter(filter)?;
+        self.reload
+            .reload(f)
+            .map_err(|_| LogError::AlreadyInitialised)?;
+        *self.current.lock().unwrap() = filter.to_string();
+        Ok(())
+    }
+}
+
+fn parse_filter(filter: &str) -> Result<EnvFilter, LogError> {
+    EnvFilter::try_new(filter).map_err(|e| LogError::BadFilter {
+        filter: filter.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// True when systemd connected our stderr to the journal (`JOURNAL_STREAM=<dev>:<ino>` matches).
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev as u64)
+        && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+}
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
+pub fn init(settings: &LogSettings) -> Result<LogHandle, LogError> {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| settings.level.clone());
+    let (filter, reload) = reload::Layer::new(parse_filter(&level)?);
+    let journald = match settings.target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    let (journal_layer, fmt_layer) = if journald {
+        let l = tracing_journald::layer()
+            .map_err(LogError::Journald)?
+            .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string());
+        (Some(l), None)
+    } else {
+        use std::io::IsTerminal;
+        let l = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false);
+        (None, Some(l.boxed()))
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journal_layer)
+        .with(fmt_layer)
+        .try_init()
+        .map_err(|_| LogError::AlreadyInitialised)?;
+    Ok(LogHandle {
+        reload,
+        current: Mutex::new(level),
+        journald,
+    })
+}

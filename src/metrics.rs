@@ -1,0 +1,193 @@
+//! Prometheus metrics on a loopback `/metrics` endpoint (text exposition format).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::{FenceState, FenceStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub fence_state: Family<StateLabel, Gauge>,
+    pub fence_transitions: Family<StateLabel, Counter>,
+    pub fence_epoch: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("volfence");
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let fence_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "fence_state",
+            "1 for the fence's current state, 0 for the others",
+            fence_state.clone(),
+        );
+        let fence_transitions = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "fence_transitions",
+            "Fence state transitions, by the state entered",
+            fence_transitions.clone(),
+        );
+        let fence_epoch = Gauge::default();
+        registry.register(
+            "fence_epoch",
+            "Fencing token of the current or last lease holding",
+            fence_epoch.clone(),
+        );
+        Metrics {
+            registry,
+            fence_state,
+            fence_transitions,
+            fence_epoch,
+        }
+    }
+
+    /// Records a fence status; counts a transition when the state changed.
+    pub fn observe_fence(&self, prev: Option<FenceState>, now: &FenceStatus) {
+        for s in FenceState::ALL {
+            self.fence_state
+                .get_or_create(&StateLabel { state: s.as_str() })
+                .set(i64::from(s == now.state));
+        }
+        if prev != Some(now.state) {
+            self.fence_transitions
+                .get_or_create(&StateLabel {
+                    state: now.state.as_str(),
+                })
+                .inc();
+        }
+        self.fence_epoch.set(now.epoch as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Binds now (so a taken port fails startup), serves until `shutdown`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { tracing::warn!("metrics accept: {e}"); continue; }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let reply = |status, ctype: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        (_, "/metrics") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "see /metrics\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_metrics_follow_the_state() {
+        let m = Metrics::new();
+        let s = FenceStatus {
+            state: FenceState::Held,
+            epoch: 4,
+            valid_until: None,
+            message: String::new(),
+        };
+        m.observe_fence(Some(FenceState::Acquiring), &s);
+        m.observe_fence(Some(FenceState::Held), &s);
+        let text = m.encode();
+        assert!(
+            text.contains("volfence_fence_state{state=\"held\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volfence_fence_state{state=\"fenced\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volfence_fence_transitions_total{state=\"held\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("volfence_fence_epoch 4"), "{text}");
+        assert!(text.contains("volfence_build_info{version=\""), "{text}");
+    }
+}
