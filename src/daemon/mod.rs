@@ -129,7 +129,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = settings.metrics.listen {
         let listener = metrics::bind(addr).await?;
-        tracing::info!("metrics on http://{addr}/metrics");
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!("metrics on http://{bound}/metrics");
         let (m, s) = (metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             metrics::serve(listener, m, s).await;
@@ -154,6 +155,15 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         settings.dbus
     );
 
+    {
+        let (c, s) = (conn.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = s.cancelled() => ("dbus-connection", Ok(())),
+                reason = dbus::watch_connection(&c) => ("dbus-connection", Err(reason)),
+            }
+        });
+    }
     {
         let s = shutdown.clone();
         tasks.spawn(async move {

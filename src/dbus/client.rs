@@ -61,7 +61,12 @@ pub fn classify(e: &zbus::Error) -> Failure {
             std::io::ErrorKind::PermissionDenied => Failure::AccessDenied,
             _ => Failure::NotRunning,
         },
-        zbus::Error::Address(_) | zbus::Error::Handshake(_) => Failure::NotRunning,
+        zbus::Error::Connection(io, _) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            Failure::AccessDenied
+        }
+        zbus::Error::Connection(..) | zbus::Error::Address(_) | zbus::Error::Handshake(_) => {
+            Failure::NotRunning
+        }
         _ => Failure::Failed,
     }
 }

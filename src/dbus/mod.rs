@@ -288,6 +288,33 @@ pub async fn publish_fence(
     }
 }
 
+/// Resolves when the agent can no longer be reached: the bus connection closed or the name was
+/// taken away. Both are fatal: a daemon nobody can talk to must exit so systemd restarts it.
+pub async fn watch_connection(conn: &Connection) -> String {
+    use std::pin::Pin;
+    use zbus::export::futures_core::Stream;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.DBus")
+        .interface("org.freedesktop.DBus")
+        .member("NameLost")
+        .arg(0, BUS_NAME)
+        .build();
+    let rule = match rule {
+        Ok(r) => r,
+        Err(e) => return format!("cannot build the NameLost match rule: {e}"),
+    };
+    let mut stream = match zbus::MessageStream::for_match_rule(rule, conn, None).await {
+        Ok(s) => s,
+        Err(e) => return format!("cannot watch the bus: {e}"),
+    };
+    match std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        Some(Ok(_)) => format!("lost the bus name {BUS_NAME}"),
+        Some(Err(e)) => format!("D-Bus connection failed: {e}"),
+        None => "D-Bus connection closed".to_string(),
+    }
+}
+
 /// Gives the name up before the process exits, so callers see "not running" at once.
 pub async fn release(conn: &Connection) {
     if let Err(e) = conn.release_name(BUS_NAME).await {
