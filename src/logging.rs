@@ -66,8 +66,8 @@ pub fn stderr_is_journal() -> bool {
     let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(st.st_dev as u64)
-        && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+    dev.parse::<u64>().ok() == Some(st.st_dev)
+        && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.

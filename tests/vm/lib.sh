@@ -1,0 +1,153 @@
+# tests/vm/lib.sh - helpers for the guest side of the VM tier (sourced by guest.sh).
+#
+# Under TCG every fork+exec costs 50-100 ms, so the helpers that loop (check's watchdog,
+# wait_for) sleep with a bash builtin instead of forking /bin/sleep.
+#
+# Globals set by guest.sh before sourcing: OUT (shared log dir), W (guest scratch, tmpfs).
+
+LOG=$OUT/guest-detail.log
+PASS=0
+FAIL=0
+
+# ---------------------------------------------------------------- time
+now_us() { echo "${EPOCHREALTIME/./}"; }
+# secs_since T_US : seconds (two decimals) since the microsecond stamp T_US
+secs_since() {
+    local d=$(( $(now_us) - $1 ))
+    printf '%d.%02d' $((d / 1000000)) $((d % 1000000 / 10000))
+}
+uptime_s() { local u; read -r u _ < /proc/uptime; echo "$u"; }
+
+# nap SECONDS : sleep without forking (read with a timeout on a FIFO nobody writes to)
+exec {NAP_FD}<> <(:)
+nap() { read -r -t "$1" -u "$NAP_FD" _ || true; }
+
+# ---------------------------------------------------------------- assertions
+log() { echo "[$(uptime_s)] $*"; }
+fail() { echo "FAILED: $*"; return 1; }
+
+# wait_for SECONDS CMD... : run CMD every 0.1 s until it succeeds; fail after SECONDS.
+wait_for() {
+    local secs=$1; shift
+    local deadline=$(( $(now_us) + secs * 1000000 ))
+    while :; do
+        "$@" && return 0
+        [ "$(now_us)" -ge "$deadline" ] && { echo "wait_for: gave up after ${secs}s: $*"; return 1; }
+        nap 0.1
+    done
+}
+
+# run_rc VAR CMD... : run CMD, show its output in the detail log, keep stdout+stderr in
+# $RUN_OUT and the exit code in VAR (so a test can assert on both).
+RUN_OUT=
+run_rc() {
+    local -n _rc=$1; shift
+    echo "\$ $*"
+    RUN_OUT=$("$@" 2>&1); _rc=$?
+    [ -n "$RUN_OUT" ] && printf '%s\n' "$RUN_OUT" | sed 's/^/  | /'
+    echo "  -> exit $_rc"
+}
+
+# expect_rc WANT CMD... : CMD must exit with WANT; its output is left in $RUN_OUT.
+expect_rc() {
+    local want=$1 got; shift
+    run_rc got "$@"
+    [ "$got" -eq "$want" ] || fail "expected exit $want, got $got: $*"
+}
+
+# contains TEXT NEEDLE : fixed-string match, with a readable failure
+contains() { grep -qF -- "$2" <<< "$1" || fail "output does not contain '$2'"; }
+
+# as_nobody CMD... : run CMD as uid/gid 65534 with no supplementary groups
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
+
+# ---------------------------------------------------------------- the check framework
+# check NAME FUNC [ARGS...] : run FUNC in a subshell (output -> detail log) under a watchdog
+# of STEP_TIMEOUT seconds. State that later checks need must go through files in $W.
+check() {
+    local name=$1; shift
+    local t0 pid rc deadline timed_out=0
+    t0=$(now_us)
+    echo "=== [$name] $* (uptime $(uptime_s)s)" >> "$LOG"
+    (
+        if [ -n "${TRACE:-}" ]; then PS4='+ $(uptime_s) '; set -x; fi
+        "$@"
+    ) >> "$LOG" 2>&1 &
+    pid=$!
+    deadline=$(( t0 + STEP_TIMEOUT * 1000000 ))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ "$(now_us)" -ge "$deadline" ]; then
+            echo "!!! [$name] timed out after ${STEP_TIMEOUT}s" >> "$LOG"
+            kill -9 "$pid" 2>/dev/null
+            timed_out=1
+            break
+        fi
+        nap 0.1
+    done
+    wait "$pid"; rc=$?
+    [ $timed_out = 1 ] && rc=124
+    if [ $rc -eq 0 ]; then
+        PASS=$((PASS + 1)); echo "PASS $name ($(secs_since "$t0")s)"
+        echo "--- [$name] PASS" >> "$LOG"
+    else
+        FAIL=$((FAIL + 1)); echo "FAIL $name (rc=$rc, $(secs_since "$t0")s)"
+        echo "--- [$name] FAIL rc=$rc" >> "$LOG"
+        echo "--- last lines of [$name] in $LOG:"
+        awk -v h="=== [$name] " 'index($0, h) == 1 {p = 1} p' "$LOG" | tail -n 25 | sed 's/^/    /'
+    fi
+}
+
+# ---------------------------------------------------------------- background processes
+# spawn NAME CMD... : start CMD in the background, stdout+stderr to $OUT/NAME.log. Its pid
+# goes to $W/NAME.pid and, once it exits, its exit code to $W/NAME.rc. The recording
+# survives the check's subshell, so a later check can signal it and read the exit code.
+spawn() {
+    local name=$1; shift
+    rm -f "$W/$name.pid" "$W/$name.rc"
+    : > "$OUT/$name.log"
+    (
+        "$@" >> "$OUT/$name.log" 2>&1 &
+        echo $! > "$W/$name.pid"
+        wait $!
+        echo $? > "$W/$name.rc"
+    ) &
+    wait_for 5 test -s "$W/$name.pid" || return 1
+    log "spawned $name: pid $(spawned_pid "$name"): $*"
+}
+spawned_pid() { cat "$W/$1.pid" 2>/dev/null; }
+spawned_exited() { [ -s "$W/$1.rc" ]; }
+spawned_rc() { cat "$W/$1.rc" 2>/dev/null; }
+spawned_running() { [ -s "$W/$1.pid" ] && ! spawned_exited "$1" && kill -0 "$(spawned_pid "$1")" 2>/dev/null; }
+
+# stop_spawned NAME SECONDS : SIGTERM, wait up to SECONDS for the exit, SIGKILL after that.
+# Returns 0 if it exited by itself in time; its exit code is then spawned_rc NAME.
+stop_spawned() {
+    local name=$1 secs=$2 pid
+    pid=$(spawned_pid "$name") || return 1
+    spawned_exited "$name" || kill -TERM "$pid" 2>/dev/null
+    wait_for "$secs" spawned_exited "$name" && return 0
+    kill -KILL "$pid" 2>/dev/null
+    wait_for 5 spawned_exited "$name"
+    return 1
+}
+
+# ---------------------------------------------------------------- D-Bus
+# start_system_bus : a system bus like the distribution's (same system.conf, so the same
+# system.d/ policy directories), in the foreground of a spawned job so its warnings
+# (policy parse errors, rejected messages) land in $OUT/dbus-daemon.log instead of syslog.
+start_system_bus() {
+    mkdir -p /run/dbus /var/lib/dbus
+    [ -s /etc/machine-id ] || dbus-uuidgen --ensure=/etc/machine-id || return 1
+    [ -s /var/lib/dbus/machine-id ] || cp /etc/machine-id /var/lib/dbus/machine-id
+    rm -f /run/dbus/system_bus_socket /run/dbus/pid
+    spawn dbus-daemon dbus-daemon --system --nofork --nosyslog || return 1
+    wait_for 20 test -S /run/dbus/system_bus_socket
+}
+
+bus_call() {   # bus_call METHOD ARGS... : call the bus driver, print the reply
+    dbus-send --system --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+        "org.freedesktop.DBus.$@"
+}
+name_owned() { bus_call NameHasOwner "string:$1" 2>/dev/null | grep -q 'boolean true'; }
+name_free() { bus_call NameHasOwner "string:$1" 2>/dev/null | grep -q 'boolean false'; }
+reload_bus_config() { bus_call ReloadConfig > /dev/null; }

@@ -1,0 +1,190 @@
+#!/bin/bash
+# tests/vm/run.sh - real-kernel VM test tier (host side).
+#
+# Boots a stock Debian kernel with virtme-ng under qemu (TCG, --disable-kvm) and runs
+# tests/vm/guest.sh inside it. The guest runs THIS machine's userspace: its root is the host
+# root shared read-only over 9p, with writable tmpfs overlays on /etc /usr /var /tmp (writes
+# stay in the VM) and scratch space in /run. So every tool the guest uses must be installed
+# on the host (scripts/install-deps.sh does that; this script installs nothing).
+#
+# Steps:
+#   1. check the tools (vng, qemu, ... and what the guest will run);
+#   2. fetch the kernel package with `apt-get download`, unpack it with dpkg-deb into
+#      $VMTEST_WORK/kernel/<kver> and run depmod there (nothing goes to /boot or /lib/modules);
+#   3. check the artifacts under test exist (release binaries and the .deb);
+#   4. boot: vng --disable-kvm ... --exec tests/vm/guest.sh, with a sparse virtio-blk disk
+#      (serial "lvmdisk") for LVM cases and an i6300esb watchdog for fence cases;
+#   5. exit 0 only if vng exited 0 AND the guest printed "N passed, 0 failed" with N > 0.
+# The last line printed is always "N passed, N failed" (CI parses it).
+#
+# Environment knobs:
+#   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
+#   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
+#   KERNEL_PKG              kernel package (default: what linux-image-amd64 depends on now)
+#   VMTEST_WORK             kernel + disk image cache (default tests/vm/work, gitignored)
+#   VMTEST_OUT              logs (default tests/vm/out, gitignored): console.log, guest-detail.log ...
+#   VM_TIMEOUT (900)        seconds for the whole VM run (boot + checks)
+#   VM_CPUS (2) VM_MEM (1G) guest size
+#   STEP_TIMEOUT (150)      per-check watchdog in the guest, seconds
+#   VMTEST_ACCEL=kvm        try KVM instead of TCG (does not work on PVM/Firecracker hosts)
+#   TRACE=1                 `set -x` with uptime stamps in guest-detail.log (slow under TCG)
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+WORK=${VMTEST_WORK:-$HERE/work}
+OUT=${VMTEST_OUT:-$HERE/out}
+VM_TIMEOUT=${VM_TIMEOUT:-900}
+VM_CPUS=${VM_CPUS:-2}
+VM_MEM=${VM_MEM:-1G}
+VOLFENCED=${VOLFENCED:-$REPO/target/release/volfenced}
+VOLFENCECTL=${VOLFENCECTL:-$REPO/target/release/volfencectl}
+VOLFENCE_DEB=${VOLFENCE_DEB:-$REPO/target/debian/volfence_0.1.0-1_amd64.deb}
+
+T_ALL=$EPOCHREALTIME
+PHASE_T=$T_ALL
+SUMMARY_PRINTED=0
+
+# secs_since T : seconds (one decimal) elapsed since the $EPOCHREALTIME value T
+secs_since() {
+    local d=$(( ${EPOCHREALTIME/./} - ${1/./} ))
+    printf '%d.%d' $((d / 1000000)) $((d % 1000000 / 100000))
+}
+phase() {   # phase NAME : time since the previous phase mark
+    printf '[host] phase %-18s %6ss\n' "$1" "$(secs_since "$PHASE_T")"
+    PHASE_T=$EPOCHREALTIME
+}
+# CI parses the last line: even when we die before or during the VM run, end with a summary
+# line that counts the failure.
+final_summary() {
+    [ "$SUMMARY_PRINTED" = 1 ] && return
+    SUMMARY_PRINTED=1
+    printf '[host] total %ss\n' "$(secs_since "$T_ALL")"
+    echo "${1:-0 passed, 1 failed}"
+}
+die() {
+    echo "[host] ERROR: $*" >&2
+    final_summary "0 passed, 1 failed"
+    exit 1
+}
+
+mkdir -p "$WORK" "$OUT" || die "cannot create $WORK or $OUT"
+rm -f "$OUT"/*.log "$OUT"/*.txt
+
+# ------------------------------------------------------------------ 1. tools
+check_tools() {
+    local t missing=()
+    # host side
+    for t in vng qemu-system-x86_64 apt-get apt-cache dpkg-deb depmod timeout truncate; do
+        command -v "$t" > /dev/null || missing+=("$t")
+    done
+    # what guest.sh and the cases run (the guest uses the host's /usr)
+    for t in busybox udevadm modprobe dbus-daemon dbus-send busctl setpriv dpkg dpkg-query \
+             systemd-analyze lvm nvme mkfs.ext4 mkfs.xfs; do
+        command -v "$t" > /dev/null || missing+=("$t")
+    done
+    [ -x /usr/bin/python3 ] || missing+=(/usr/bin/python3)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "[host] missing tools: ${missing[*]}" >&2
+        die "install the test dependencies with scripts/install-deps.sh"
+    fi
+}
+check_tools
+phase tools
+
+# ------------------------------------------------------------------ 2. kernel
+# linux-image-amd64 (metapackage) depends on the current linux-image-6.1.0-NN-amd64; old
+# ABIs vanish from the mirror after security updates, so it is resolved on every run.
+kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+kpaths() { KVER=${KPKG#linux-image-}; KROOT=$WORK/kernel/$KVER; KIMG=$KROOT/boot/vmlinuz-$KVER; }
+kcached() { [ -s "$KIMG" ] && [ -s "$KROOT/lib/modules/$KVER/modules.dep" ]; }
+APT_UPDATED=0
+apt_update_once() {
+    [ $APT_UPDATED = 1 ] && return 0
+    apt-get update -qq > "$OUT/apt-update.log" 2>&1 || { cat "$OUT/apt-update.log" >&2; die "apt-get update failed"; }
+    APT_UPDATED=1
+}
+fetch_kernel() {
+    KPKG=${KERNEL_PKG:-$(kpkg)}
+    [ -n "$KPKG" ] && kpaths
+    if [ -z "$KPKG" ] || ! kcached; then
+        # not cached, or no/old package lists: refresh the lists, resolve again
+        apt_update_once
+        KPKG=${KERNEL_PKG:-$(kpkg)}
+        [ -n "$KPKG" ] || die "cannot resolve the linux-image-amd64 dependency (set KERNEL_PKG)"
+        kpaths
+    fi
+    kcached && return 0
+    echo "[host] fetching $KPKG"
+    rm -rf "$KROOT" "$WORK/kernel/deb"
+    mkdir -p "$WORK/kernel/deb"
+    ( cd "$WORK/kernel/deb" && apt-get download "$KPKG" ) > "$OUT/kernel-download.log" 2>&1 \
+        || { cat "$OUT/kernel-download.log" >&2; die "apt-get download $KPKG failed"; }
+    dpkg-deb -x "$WORK"/kernel/deb/"$KPKG"_*.deb "$KROOT" || die "dpkg-deb -x failed"
+    rm -rf "$WORK/kernel/deb"
+    depmod -b "$KROOT" "$KVER" || die "depmod failed"   # the .deb ships no modules.dep
+    kcached || die "kernel tree $KROOT is incomplete (no $KIMG or modules.dep)"
+}
+fetch_kernel
+echo "[host] kernel $KVER: $KIMG"
+phase kernel
+
+# ------------------------------------------------------------------ 3. artifacts under test
+check_artifacts() {
+    local f
+    for f in "$VOLFENCED" "$VOLFENCECTL"; do
+        [ -x "$f" ] || die "$f is missing or not executable (cargo build --release, or set VOLFENCED/VOLFENCECTL)"
+    done
+    [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
+    # absolute paths: the guest sees the host tree at the same places
+    VOLFENCED=$(readlink -f "$VOLFENCED"); VOLFENCECTL=$(readlink -f "$VOLFENCECTL")
+    VOLFENCE_DEB=$(readlink -f "$VOLFENCE_DEB")
+    echo "[host] under test: $VOLFENCED ($("$VOLFENCED" --version 2>&1)), $VOLFENCECTL, $VOLFENCE_DEB"
+}
+check_artifacts
+phase artifacts
+
+# ------------------------------------------------------------------ 4. boot + guest checks
+DISK=$WORK/lvmdisk.img
+rm -f "$DISK"
+truncate -s 2G "$DISK" || die "cannot create $DISK"
+ACCEL_ARGS=(--disable-kvm)   # KVM here is kvm_pvm: qemu aborts or the kernel hangs (see NOTES in git history)
+[ "${VMTEST_ACCEL:-tcg}" = kvm ] && ACCEL_ARGS=()
+QEMU_OPTS="-drive if=none,id=lvmdisk,file=$DISK,format=raw,cache=unsafe -device virtio-blk-pci,drive=lvmdisk,serial=lvmdisk"
+QEMU_OPTS+=" -device i6300esb"
+# --exec goes through a shell in the guest: quote every value
+GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
+    VOLFENCE_SRC "$REPO" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
+GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
+VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
+     --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
+echo "[host] ${VNG[*]}"
+# GNU timeout makes itself a process-group leader and signals the whole group, so qemu
+# (a child of vng) goes down too if the guest hangs.
+timeout -k 20 "$VM_TIMEOUT" "${VNG[@]}" < /dev/null 2>&1 | tee "$OUT/console.log"
+rc=${PIPESTATUS[0]}
+phase "vm (boot+checks)"
+rm -f "$DISK"
+
+# ------------------------------------------------------------------ 5. verdict
+summary=$(tr -d '\r' < "$OUT/console.log" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+echo "[host] vng exit code $rc; guest summary: ${summary:-<none>}"
+if [ -z "$summary" ]; then
+    # the guest died or hung before its summary: count what it reported, plus one failure
+    npass=$(tr -d '\r' < "$OUT/console.log" | grep -c '^PASS ')
+    nfail=$(tr -d '\r' < "$OUT/console.log" | grep -c '^FAIL ')
+    summary="$npass passed, $((nfail + 1)) failed"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "[host] FAIL: VM timed out after ${VM_TIMEOUT}s (see $OUT/guest-detail.log)"
+    else
+        echo "[host] FAIL: the guest printed no summary (see $OUT/console.log)"
+    fi
+elif [ "$rc" -ne 0 ] || ! [[ $summary =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]]; then
+    echo "[host] FAIL (details: $OUT/guest-detail.log, $OUT/dmesg.log)"
+else
+    echo "[host] OK (logs in $OUT)"
+    final_summary "$summary"
+    exit 0
+fi
+final_summary "$summary"
+exit 1
