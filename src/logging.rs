@@ -66,8 +66,7 @@ pub fn stderr_is_journal() -> bool {
     let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(st.st_dev)
-        && ino.parse::<u64>().ok() == Some(st.st_ino)
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.

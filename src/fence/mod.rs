@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FenceSettings, LeaseLossAction};
 
+pub mod lease;
+pub mod observer;
+pub mod sim;
 pub mod standalone;
 
 /// What the fence is doing, as shown on D-Bus (`FenceState`) and in metrics.

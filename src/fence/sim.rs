@@ -1,0 +1,382 @@
+//! An in-memory API server for the lease protocol, with per-client network faults, used by unit
+//! tests and the randomized safety simulation under tokio's paused clock.
+//!
+//! It keeps what matters of the real server's semantics: one global resourceVersion sequence,
+//! compare-and-swap writes (409 on a stale resourceVersion, 409 AlreadyExists, 404), a per-client
+//! watch cache fed in commit order after the client's latency, and requests that can commit even
+//! though their response is lost. Faults per client: one-way latency, partition (requests and
+//! watch events lost; the watch relists after healing) and freeze (a SIGSTOPped process: nothing
+//! is sent or processed until it resumes, then queued work goes out late).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lease::{ApiError, LeaseApi, LeaseRecord};
+use super::observer::{Observer, Verdict};
+
+/// Network conditions of one client; change them at any time.
+#[derive(Debug, Clone, Default)]
+pub struct Net {
+    /// One-way delay of requests, responses and watch events.
+    pub latency: Duration,
+    /// Nothing gets through either way.
+    pub partitioned: bool,
+    /// The client process is stopped.
+    pub frozen: bool,
+}
+
+/// How long a request into a partition takes to fail (the client's connect/read timeout).
+pub const PARTITION_TIMEOUT: Duration = Duration::from_secs(1);
+
+struct View {
+    net: Net,
+    cache: HashMap<String, LeaseRecord>,
+    observer: Observer,
+    /// Events were lost (partition, freeze): relist before trusting the cache.
+    stale: bool,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    leases: BTreeMap<String, LeaseRecord>,
+    /// role → (owner, resourceVersion), for the simulation's takeover compare-and-swap.
+    claims: BTreeMap<String, (String, u64)>,
+    views: Vec<Arc<Mutex<View>>>,
+    events: Vec<String>,
+    requests: HashMap<String, u64>,
+}
+
+/// The server. Cheap to clone.
+#[derive(Clone)]
+pub struct SimServer {
+    state: Arc<Mutex<State>>,
+    lease_duration: Duration,
+    grace: Duration,
+}
+
+/// One client (one host's agent): implements [`LeaseApi`].
+#[derive(Clone)]
+pub struct SimApi {
+    server: SimServer,
+    view: Arc<Mutex<View>>,
+    name: String,
+}
+
+impl SimServer {
+    pub fn new(lease_duration: Duration, grace: Duration) -> SimServer {
+        SimServer {
+            state: Arc::default(),
+            lease_duration,
+            grace,
+        }
+    }
+
+    /// A new client whose watch starts with a full list.
+    pub fn client(&self, name: &str, net: Net) -> SimApi {
+        let view = Arc::new(Mutex::new(View {
+            net,
+            cache: HashMap::new(),
+            observer: Observer::new(self.lease_duration, self.grace),
+            stale: true,
+        }));
+        self.state.lock().unwrap().views.push(view.clone());
+        SimApi {
+            server: self.clone(),
+            view,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn holder(&self, lease: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .leases
+            .get(lease)
+            .and_then(|l| l.holder.clone())
+    }
+
+    pub fn lease(&self, lease: &str) -> Option<LeaseRecord> {
+        self.state.lock().unwrap().leases.get(lease).cloned()
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// Requests sent by one client (by name), for request-rate accounting.
+    pub fn requests(&self, client: &str) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .get(client)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Another writer changes the lease (e.g. `kubectl annotate`): only the resourceVersion moves.
+    pub fn touch(&self, lease: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv.to_string();
+        if let Some(l) = st.leases.get_mut(lease) {
+            l.resource_version = rv;
+            let l = l.clone();
+            drop(st);
+            self.broadcast(l);
+        }
+    }
+
+    pub fn delete(&self, lease: &str) {
+        let views = {
+            let mut st = self.state.lock().unwrap();
+            st.leases.remove(lease);
+            st.views.clone()
+        };
+        for v in &views {
+            let mut v = v.lock().unwrap();
+            v.cache.remove(lease);
+            v.observer.forget(lease);
+        }
+    }
+
+    pub fn set_claim(&self, role: &str, owner: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        st.claims.insert(role.into(), (owner.into(), rv));
+    }
+
+    pub fn claim(&self, role: &str) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .claims
+            .get(role)
+            .map(|c| c.0.clone())
+    }
+
+    /// Delivers a committed change to every client's watch after its latency.
+    fn broadcast(&self, rec: LeaseRecord) {
+        let views = self.state.lock().unwrap().views.clone();
+        for view in views {
+            let latency = view.lock().unwrap().net.latency;
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                let mut v = view.lock().unwrap();
+                if v.net.partitioned || v.net.frozen {
+                    v.stale = true;
+                } else {
+                    apply(&mut v, rec);
+                }
+            });
+        }
+    }
+}
+
+fn rv_num(rv: &str) -> u64 {
+    rv.parse().unwrap_or(0)
+}
+
+fn apply(v: &mut View, rec: LeaseRecord) {
+    let newer = v
+        .cache
+        .get(&rec.name)
+        .is_none_or(|c| rv_num(&c.resource_version) < rv_num(&rec.resource_version));
+    if newer {
+        v.observer.observe(
+            &rec.name,
+            &rec.resource_version,
+            rec.holder.as_deref(),
+            Instant::now(),
+        );
+        v.cache.insert(rec.name.clone(), rec);
+    }
+}
+
+impl SimApi {
+    pub fn net(&self) -> Net {
+        self.view.lock().unwrap().net.clone()
+    }
+
+    pub fn set_net(&self, f: impl FnOnce(&mut Net)) {
+        f(&mut self.view.lock().unwrap().net);
+    }
+
+    /// Relists if events were lost and the client can reach the server again.
+    fn refresh(&self) {
+        let mut v = self.view.lock().unwrap();
+        if v.stale && !v.net.partitioned && !v.net.frozen {
+            let leases: Vec<LeaseRecord> = self
+                .server
+                .state
+                .lock()
+                .unwrap()
+                .leases
+                .values()
+                .cloned()
+                .collect();
+            for rec in leases {
+                apply(&mut v, rec);
+            }
+            v.stale = false;
+        }
+    }
+
+    async fn one_way(&self) -> Result<(), ApiError> {
+        // a stopped process sends nothing; it resumes where it was
+        while self.view.lock().unwrap().net.frozen {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let net = self.net();
+        if net.partitioned {
+            tokio::time::sleep(PARTITION_TIMEOUT).await;
+            return Err(ApiError::Unavailable(
+                "connection timed out (partitioned)".into(),
+            ));
+        }
+        tokio::time::sleep(net.latency).await;
+        if self.net().partitioned {
+            return Err(ApiError::Unavailable(
+                "connection reset (partitioned)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a request: it commits at the server after the latency; the reply may still be lost.
+    async fn call<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<(T, Option<LeaseRecord>), ApiError>,
+    ) -> Result<T, ApiError> {
+        *self
+            .server
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .entry(self.name.clone())
+            .or_default() += 1;
+        self.one_way().await?;
+        let (out, changed) = {
+            let mut st = self.server.state.lock().unwrap();
+            f(&mut st)?
+        };
+        if let Some(rec) = changed {
+            self.server.broadcast(rec);
+        }
+        self.one_way()
+            .await
+            .map_err(|_| ApiError::Unavailable("response lost".into()))?;
+        Ok(out)
+    }
+
+    /// A consistent read of one lease (a GET): brings the observer up to date.
+    pub async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+        let n = name.to_string();
+        let rec = self
+            .call(move |st| Ok((st.leases.get(&n).cloned(), None)))
+            .await?;
+        if let Some(r) = &rec {
+            apply(&mut self.view.lock().unwrap(), r.clone());
+        }
+        Ok(rec)
+    }
+
+    /// Compare-and-swap of a role's owner on the claim's resourceVersion (the simulation's
+    /// stand-in for a volume claim object). A decision delayed by a freeze or a slow network
+    /// fails here if the claim changed since it was read.
+    pub async fn take_claim(
+        &self,
+        role: &str,
+        expected_version: u64,
+        new_owner: &str,
+    ) -> Result<(), ApiError> {
+        let (role, new) = (role.to_string(), new_owner.to_string());
+        self.call(move |st| {
+            match st.claims.get(&role) {
+                Some((_, v)) if *v == expected_version => {}
+                _ => return Err(ApiError::Conflict),
+            }
+            st.rv += 1;
+            let rv = st.rv;
+            st.claims.insert(role, (new, rv));
+            Ok(((), None))
+        })
+        .await
+    }
+
+    /// The owner of a role and the claim's resourceVersion, as the server has them now.
+    pub async fn read_claim(&self, role: &str) -> Result<Option<(String, u64)>, ApiError> {
+        let role = role.to_string();
+        self.call(move |st| Ok((st.claims.get(&role).cloned(), None)))
+            .await
+    }
+}
+
+impl LeaseApi for SimApi {
+    fn cached(&self, name: &str) -> Option<LeaseRecord> {
+        self.refresh();
+        self.view.lock().unwrap().cache.get(name).cloned()
+    }
+
+    fn verdict(&self, name: &str) -> Verdict {
+        self.refresh();
+        self.view
+            .lock()
+            .unwrap()
+            .observer
+            .verdict(name, Instant::now())
+    }
+
+    async fn create(&self, rec: &LeaseRecord) -> Result<LeaseRecord, ApiError> {
+        let rec = rec.clone();
+        self.call(move |st| {
+            if st.leases.contains_key(&rec.name) {
+                return Err(ApiError::AlreadyExists);
+            }
+            st.rv += 1;
+            let mut r = rec;
+            r.resource_version = st.rv.to_string();
+            st.leases.insert(r.name.clone(), r.clone());
+            Ok((r.clone(), Some(r)))
+        })
+        .await
+    }
+
+    async fn replace(&self, rec: &LeaseRecord) -> Result<LeaseRecord, ApiError> {
+        let rec = rec.clone();
+        self.call(move |st| {
+            let cur = st.leases.get(&rec.name).ok_or(ApiError::NotFound)?;
+            if cur.resource_version != rec.resource_version {
+                return Err(ApiError::Conflict);
+            }
+            st.rv += 1;
+            let mut r = rec;
+            r.resource_version = st.rv.to_string();
+            st.leases.insert(r.name.clone(), r.clone());
+            Ok((r.clone(), Some(r)))
+        })
+        .await
+    }
+
+    fn now_rfc3339(&self) -> String {
+        // Informational only; the simulation has no wall clock worth trusting either.
+        "2026-01-01T00:00:00.000000Z".into()
+    }
+
+    async fn event(&self, name: &str, reason: &str, message: &str, _warning: bool) {
+        self.server
+            .state
+            .lock()
+            .unwrap()
+            .events
+            .push(format!("{name} {reason}: {message}"));
+    }
+}
