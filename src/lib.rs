@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod fence;
 pub mod host;
+pub mod kubeemu;
 pub mod logging;
 pub mod metrics;
 pub mod nvme;

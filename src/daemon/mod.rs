@@ -124,20 +124,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Box::new(LogOnlyLoss),
     );
 
+    // Subscribed before the loop runs, so no transition is missed.
+    let (signal_rx, status_rx) = (fence.transitions(), fence.transitions());
+    let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
-    let metrics = Arc::new(Metrics::new());
-    if let Some(addr) = settings.metrics.listen {
-        let listener = metrics::bind(addr).await?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!("metrics on http://{bound}/metrics");
-        let (m, s) = (metrics.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            metrics::serve(listener, m, s).await;
-            ("metrics", Ok(()))
-        });
-    }
-
     let conn = dbus::connect(&settings.dbus)
         .await
         .map_err(dbus::ServeError::from)?;
@@ -154,6 +145,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         dbus::BUS_NAME,
         settings.dbus
     );
+
+    // After the name: a second agent should be told "another volfenced is running", not that
+    // the metrics port is taken.
+    if let Some(addr) = settings.metrics.listen {
+        let listener = metrics::bind(addr).await?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!("metrics on http://{bound}/metrics");
+        let (m, s) = (metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            metrics::serve(listener, m, s).await;
+            ("metrics", Ok(()))
+        });
+    }
 
     {
         let (c, s) = (conn.clone(), shutdown.clone());
@@ -172,7 +176,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         });
     }
     {
-        let (rx, s) = (fence.subscribe(), shutdown.clone());
+        let (rx, s) = (signal_rx, shutdown.clone());
         tasks.spawn(async move {
             (
                 "dbus-publisher",
@@ -184,16 +188,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     {
         let (mut rx, s, m, n) = (
-            fence.subscribe(),
+            status_rx,
             shutdown.clone(),
             metrics.clone(),
             notifier.clone(),
         );
+        let first = fence.status();
         let bus = settings.dbus.to_string();
         tasks.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
             let mut prev = None;
+            let mut st: FenceStatus = first;
             loop {
-                let st: FenceStatus = rx.borrow_and_update().clone();
                 if prev != Some(st.state) {
                     n.status(&format!(
                         "fence {} (epoch {}): {}; D-Bus {} on {bus}",
@@ -205,19 +211,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
                 m.observe_fence(prev, &st);
                 prev = Some(st.state);
-                tokio::select! {
+                st = tokio::select! {
                     _ = s.cancelled() => return ("status", Ok(())),
-                    r = rx.changed() => if r.is_err() { return ("status", Ok(())) },
-                }
+                    r = rx.recv() => match r {
+                        Ok(next) => next,
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return ("status", Ok(())),
+                    },
+                };
             }
         });
     }
 
-    notifier.ready(&format!(
-        "serving {} on the {} bus",
-        dbus::BUS_NAME,
-        settings.dbus
-    ));
+    // STATUS= lines come only from the status task, so READY cannot overwrite a newer one.
+    notifier.ready();
     tracing::info!(
         "volfenced {} ready (node {}, pid {})",
         env!("CARGO_PKG_VERSION"),

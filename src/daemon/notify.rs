@@ -35,8 +35,8 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    pub fn ready(&self) {
+        self.send(&[NotifyState::Ready]);
     }
 
     pub fn status(&self, status: &str) {

@@ -257,34 +257,32 @@ pub async fn serve(
     Ok(server.interface::<_, Agent>(AGENT_PATH).await?)
 }
 
-/// Publishes fence transitions as PropertiesChanged + `FenceStateChanged` until `shutdown`.
+/// Publishes every fence transition as PropertiesChanged + `FenceStateChanged` until `shutdown`.
 pub async fn publish_fence(
     iface: InterfaceRef<Agent>,
-    mut rx: tokio::sync::watch::Receiver<FenceStatus>,
+    mut rx: tokio::sync::broadcast::Receiver<FenceStatus>,
     shutdown: CancellationToken,
 ) -> zbus::Result<()> {
-    let mut last = rx.borrow().clone();
+    use tokio::sync::broadcast::error::RecvError;
     loop {
-        tokio::select! {
+        let now = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = rx.changed() => if r.is_err() { return Ok(()) },
-        }
-        let now = rx.borrow_and_update().clone();
-        if now.state == last.state && now.epoch == last.epoch {
-            continue; // validity moved on a renew: not a transition
-        }
+            r = rx.recv() => match r {
+                Ok(s) => s,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!("{n} fence transitions were not signalled (D-Bus too slow)");
+                    continue;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        };
         let emitter = iface.signal_emitter();
         {
             let agent = iface.get().await;
-            if now.state != last.state {
-                agent.fence_state_changed(emitter).await?;
-            }
-            if now.epoch != last.epoch {
-                agent.epoch_changed(emitter).await?;
-            }
+            agent.fence_state_changed(emitter).await?;
+            agent.epoch_changed(emitter).await?;
         }
         Agent::fence_transition(emitter, now.state.as_str(), now.epoch, &now.message).await?;
-        last = now;
     }
 }
 

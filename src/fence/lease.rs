@@ -51,6 +51,8 @@ pub enum ApiError {
 
 /// What the protocol needs from the API: the shared cache (never a GET) and two writes.
 pub trait LeaseApi: Send + Sync {
+    /// False until the shared watch has listed the namespace once: no decision before that.
+    fn synced(&self) -> bool;
     /// The lease as the shared watch last saw it.
     fn cached(&self, name: &str) -> Option<LeaseRecord>;
     /// The observer's verdict on `name`, by this host's monotonic clock.
@@ -166,6 +168,11 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
 
     async fn acquire(&mut self, after_loss: bool) -> Result<Acquired, BackendError> {
         let me = self.holder.identity();
+        if !self.api.synced() {
+            return Err(BackendError::Unavailable(
+                "waiting for the lease watch to list the namespace".into(),
+            ));
+        }
         let Some(cur) = self.api.cached(&self.name) else {
             let blank = LeaseRecord {
                 name: self.name.clone(),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FenceSettings, LeaseLossAction};
 
+pub mod kube;
 pub mod lease;
 pub mod observer;
 pub mod sim;
@@ -244,6 +245,8 @@ pub trait LossHandler: Send + Sync {
 struct Shared {
     holder: Holder,
     tx: watch::Sender<FenceStatus>,
+    /// Every state or epoch change, none coalesced (the watch keeps only the latest).
+    transitions: tokio::sync::broadcast::Sender<FenceStatus>,
     /// Parent of every guard's token for the current holding; replaced on each acquisition.
     epoch_token: Mutex<CancellationToken>,
 }
@@ -273,6 +276,11 @@ impl Fence {
 
     pub fn subscribe(&self) -> watch::Receiver<FenceStatus> {
         self.shared.tx.subscribe()
+    }
+
+    /// Every transition (state or epoch change), in order, for signals, events and metrics.
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<FenceStatus> {
+        self.shared.transitions.subscribe()
     }
 
     /// A guard for one device operation, if the lease is valid now.
@@ -340,6 +348,7 @@ impl<B: LeaseBackend> FenceLoop<B> {
         let shared = Arc::new(Shared {
             holder,
             tx,
+            transitions: tokio::sync::broadcast::channel(64).0,
             epoch_token: Mutex::new(CancellationToken::new()),
         });
         let fence = Fence {
@@ -365,7 +374,10 @@ impl<B: LeaseBackend> FenceLoop<B> {
         valid_until: Option<Instant>,
         message: String,
     ) {
-        let prev = self.shared.tx.borrow().state;
+        let (prev, prev_epoch) = {
+            let p = self.shared.tx.borrow();
+            (p.state, p.epoch)
+        };
         if prev != state {
             tracing::info!(
                 EPOCH = epoch,
@@ -374,12 +386,16 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 "fence {prev} -> {state}: {message}"
             );
         }
-        self.shared.tx.send_replace(FenceStatus {
+        let status = FenceStatus {
             state,
             epoch,
             valid_until,
             message,
-        });
+        };
+        if prev != state || prev_epoch != epoch {
+            let _ = self.shared.transitions.send(status.clone());
+        }
+        self.shared.tx.send_replace(status);
     }
 
     /// Runs until `shutdown` is cancelled, then releases the lease. Returns only then.

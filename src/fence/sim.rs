@@ -321,6 +321,10 @@ impl SimApi {
 }
 
 impl LeaseApi for SimApi {
+    fn synced(&self) -> bool {
+        true
+    }
+
     fn cached(&self, name: &str) -> Option<LeaseRecord> {
         self.refresh();
         self.view.lock().unwrap().cache.get(name).cloned()

@@ -42,10 +42,12 @@ wait_for() {
 RUN_OUT=
 run_rc() {
     local -n _rc=$1; shift
+    local t0
+    t0=$(now_us)
     echo "\$ $*"
     RUN_OUT=$("$@" 2>&1); _rc=$?
     [ -n "$RUN_OUT" ] && printf '%s\n' "$RUN_OUT" | sed 's/^/  | /'
-    echo "  -> exit $_rc"
+    echo "  -> exit $_rc ($(secs_since "$t0")s)"
 }
 
 # expect_rc WANT CMD... : CMD must exit with WANT; its output is left in $RUN_OUT.
@@ -151,3 +153,9 @@ bus_call() {   # bus_call METHOD ARGS... : call the bus driver, print the reply
 name_owned() { bus_call NameHasOwner "string:$1" 2>/dev/null | grep -q 'boolean true'; }
 name_free() { bus_call NameHasOwner "string:$1" 2>/dev/null | grep -q 'boolean false'; }
 reload_bus_config() { bus_call ReloadConfig > /dev/null; }
+# policy_problems : what dbus-daemon said about the volfence policy file. It does not refuse
+# a policy it cannot parse: it logs "Encountered error ... while parsing '<file>'" (or
+# "Unknown username ...") and carries on without it.
+policy_problems() {
+    grep -E "org\.volfence\.Agent1\.conf|Unknown (user|group)name|Unable to reload" "$OUT/dbus-daemon.log"
+}

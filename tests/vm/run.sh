@@ -20,6 +20,8 @@
 # Environment knobs:
 #   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
+#   VOLFENCE_SRC            tree holding dbus/org.volfence.Agent1.conf and systemd/volfenced.service
+#                           (default: this repository)
 #   KERNEL_PKG              kernel package (default: what linux-image-amd64 depends on now)
 #   VMTEST_WORK             kernel + disk image cache (default tests/vm/work, gitignored)
 #   VMTEST_OUT              logs (default tests/vm/out, gitignored): console.log, guest-detail.log ...
@@ -63,7 +65,7 @@ final_summary() {
     echo "${1:-0 passed, 1 failed}"
 }
 die() {
-    echo "[host] ERROR: $*" >&2
+    echo "[host] ERROR: $*"   # stdout: keep it before the summary line in the log CI reads
     final_summary "0 passed, 1 failed"
     exit 1
 }
@@ -85,7 +87,7 @@ check_tools() {
     done
     [ -x /usr/bin/python3 ] || missing+=(/usr/bin/python3)
     if [ ${#missing[@]} -gt 0 ]; then
-        echo "[host] missing tools: ${missing[*]}" >&2
+        echo "[host] missing tools: ${missing[*]}"
         die "install the test dependencies with scripts/install-deps.sh"
     fi
 }
@@ -154,7 +156,7 @@ QEMU_OPTS="-drive if=none,id=lvmdisk,file=$DISK,format=raw,cache=unsafe -device 
 QEMU_OPTS+=" -device i6300esb"
 # --exec goes through a shell in the guest: quote every value
 GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
-    VOLFENCE_SRC "$REPO" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
+    VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
 GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
