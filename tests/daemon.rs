@@ -377,14 +377,13 @@ fn check_config_names_file_line_column_and_suggests_the_key() {
 }
 
 #[test]
-fn kubernetes_backend_is_refused_with_a_clear_error_until_built() {
+fn kubernetes_backend_without_a_cluster_configuration_fails_clearly() {
     let bus = PrivateBus::start();
-    let host = FakeHost::new("n1", BOOT_A, "[fence]\nbackend = \"kubernetes\"\n");
+    let host = FakeHost::new("n1", BOOT_A, "[fence]\nbackend = \"kubernetes\"\n[kubernetes]\nkubeconfig = \"/nonexistent/kubeconfig\"\n");
     let mut d = Daemon::start(&host, &bus.address, &[]);
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(1));
     assert!(
-        d.log()
-            .contains("fence backend \"kubernetes\" is not available"),
+        d.log().contains("kubeconfig /nonexistent/kubeconfig:"),
         "{}",
         d.log()
     );

@@ -11,8 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FenceBackend, Settings};
 use crate::dbus::{self, AgentInfo, LogControl};
+use crate::fence::kube::KubeLeases;
+use crate::fence::lease::KubeLease;
 use crate::fence::standalone::FileLease;
-use crate::fence::{FenceLoop, FenceStatus, Holder, LogOnlyLoss, Timing};
+use crate::fence::{
+    Acquired, BackendError, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss, Timing,
+};
 use crate::host::{Host, HostError};
 use crate::metrics::{self, Metrics};
 
@@ -25,9 +29,9 @@ pub enum DaemonError {
     /// The host's identity files could not be read.
     #[error("cannot identify this host: {0}")]
     Host(#[from] HostError),
-    /// The configured fence backend cannot run in this build.
-    #[error("fence backend {0:?} is not available in volfenced {v}; set [fence] backend = \"standalone\" for a single host", v = env!("CARGO_PKG_VERSION"))]
-    BackendUnavailable(&'static str),
+    /// The Kubernetes client could not be set up.
+    #[error(transparent)]
+    Kube(#[from] crate::fence::kube::KubeError),
     /// A state or runtime directory could not be created.
     #[error("cannot create {}: {source}", path.display())]
     Directory {
@@ -62,6 +66,39 @@ pub struct Options {
 
 type TaskResult = (&'static str, Result<(), String>);
 
+/// The configured backend, chosen at startup.
+enum AnyLease {
+    File(FileLease),
+    Kube(Box<KubeLease<KubeLeases>>),
+}
+
+impl LeaseBackend for AnyLease {
+    fn describe(&self) -> String {
+        match self {
+            AnyLease::File(b) => b.describe(),
+            AnyLease::Kube(b) => b.describe(),
+        }
+    }
+    async fn acquire(&mut self, after_loss: bool) -> Result<Acquired, BackendError> {
+        match self {
+            AnyLease::File(b) => b.acquire(after_loss).await,
+            AnyLease::Kube(b) => b.acquire(after_loss).await,
+        }
+    }
+    async fn renew(&mut self) -> Result<(), BackendError> {
+        match self {
+            AnyLease::File(b) => b.renew().await,
+            AnyLease::Kube(b) => b.renew().await,
+        }
+    }
+    async fn release(&mut self) {
+        match self {
+            AnyLease::File(b) => b.release().await,
+            AnyLease::Kube(b) => b.release().await,
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT (Ok) or a critical task dies (Err).
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let Options {
@@ -91,14 +128,40 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let mut warnings = Vec::new();
     let state_dir = host.path(&settings.daemon.state_dir);
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let backend = match settings.fence.backend {
         FenceBackend::Standalone => {
             let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
             tracing::warn!("{w}");
             warnings.push(w.to_string());
-            FileLease::new(&state_dir, holder.clone())
+            AnyLease::File(FileLease::new(&state_dir, holder.clone()))
         }
-        FenceBackend::Kubernetes => return Err(DaemonError::BackendUnavailable("kubernetes")),
+        FenceBackend::Kubernetes => {
+            let client = crate::fence::kube::client(&settings.kubernetes).await?;
+            let f = &settings.fence;
+            let (leases, watch) = KubeLeases::start(
+                client,
+                &f.lease_namespace,
+                &holder.node,
+                f.lease_duration,
+                f.observer_grace,
+            );
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = s.cancelled() => ("lease-watch", Ok(())),
+                    reason = watch => ("lease-watch", Err(reason)),
+                }
+            });
+            let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
+            AnyLease::Kube(Box::new(KubeLease::new(
+                leases,
+                &f.lease_namespace,
+                holder.clone(),
+                secs,
+            )))
+        }
     };
 
     // Startup reconciliation: the directories the agent owns exist before anything is served.
@@ -127,8 +190,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // Subscribed before the loop runs, so no transition is missed.
     let (signal_rx, status_rx) = (fence.transitions(), fence.transitions());
     let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let conn = dbus::connect(&settings.dbus)
         .await
         .map_err(dbus::ServeError::from)?;

@@ -612,7 +612,7 @@ impl Emulator {
         self.shared.paused.send_replace(false);
     }
 
-    /// Requests per client and verb (`GET`, `WATCH`, `PATCH`, …), for request-rate accounting.
+    /// Requests per client and verb (`GET`, `LIST`, `WATCH`, `PATCH`, …), for request-rate accounting.
     pub fn request_counts(&self, client: &str) -> BTreeMap<String, u64> {
         self.shared
             .requests
@@ -705,10 +705,11 @@ impl Emulator {
         }
         let q = query(req.uri().query());
         let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-        let verb = if watching {
-            "WATCH".to_string()
-        } else {
-            req.method().to_string()
+        let collection = route(&path).is_some_and(|r| r.name.is_none());
+        let verb = match (req.method(), watching, collection) {
+            (_, true, _) => "WATCH".to_string(),
+            (&Method::GET, false, true) => "LIST".to_string(),
+            (m, _, _) => m.to_string(),
         };
         *self
             .shared

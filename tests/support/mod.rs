@@ -57,6 +57,7 @@ impl PrivateBus {
             .arg("--nofork")
             .arg("--nopidfile")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon (apt package dbus-daemon) must be installed");
         wait_until(Duration::from_secs(10), || sock.exists()).expect("private bus socket");

@@ -1,0 +1,235 @@
+//! The agent with the Kubernetes fence backend, through the real `kube` client, against the
+//! project's API server emulator (in this process, on loopback). D = 4 s, R = 1 s, M = 1 s.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+use volfence::kubeemu::{Emulator, Faults};
+
+const NS: &str = "volfence-test";
+
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    emu: Emulator,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = rt
+            .block_on(Emulator::start("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        Cluster {
+            rt,
+            emu,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A kubeconfig whose bearer token is `client` (its fault-injection identity).
+    fn kubeconfig(&self, client: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("kubeconfig-{client}"));
+        std::fs::write(&p, self.emu.kubeconfig(client)).unwrap();
+        p
+    }
+
+    fn host(&self, node: &str, boot: &str, client: &str) -> FakeHost {
+        FakeHost::new(
+            node,
+            boot,
+            &format!(
+                "[fence]\nbackend = \"kubernetes\"\nlease_namespace = \"{NS}\"\nlease_duration = \"4s\"\nrenew_interval = \"1s\"\nsafety_margin = \"1s\"\n[kubernetes]\nkubeconfig = \"{}\"\nrequest_timeout = \"2s\"\n",
+                self.kubeconfig(client).display()
+            ),
+        )
+    }
+
+    fn lease(&self, node: &str) -> Option<Value> {
+        self.emu.object(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{node}"
+        ))
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.emu
+            .events()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.emu.shutdown();
+        let _ = &self.rt;
+    }
+}
+
+fn stop(mut d: Daemon) {
+    d.signal(Signal::SIGTERM);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn acquire_renew_restart_resumes_and_reboot_takes_over_with_a_new_epoch() {
+    let c = Cluster::start();
+    let bus = PrivateBus::start();
+    let host = c.host("n1", BOOT_A, "n1");
+    let d = Daemon::start(&host, &bus.address, &[]);
+    let s = wait_for_state(&bus.address, "held", &d);
+    assert_eq!(s["Epoch"], 1);
+    assert_eq!(s["FenceBackend"], "kubernetes");
+    let lease = c.lease("n1").expect("lease created");
+    assert_eq!(lease["spec"]["holderIdentity"], format!("n1/{BOOT_A}"));
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 4);
+    let rv = lease["metadata"]["resourceVersion"].clone();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_ne!(
+        c.lease("n1").unwrap()["metadata"]["resourceVersion"],
+        rv,
+        "renewed"
+    );
+    assert!(
+        c.event_reasons().contains(&"LeaseAcquired".to_string()),
+        "{:?}",
+        c.event_reasons()
+    );
+    stop(d);
+
+    // agent restart, same boot: same epoch, at once
+    let d = Daemon::start(&host, &bus.address, &[]);
+    assert_eq!(wait_for_state(&bus.address, "held", &d)["Epoch"], 1);
+    stop(d);
+
+    // reboot: the new incarnation waits for D of silence on its own lease, then epoch + 1
+    host.set_boot_id(BOOT_B);
+    let t0 = Instant::now();
+    let d = Daemon::start(&host, &bus.address, &[]);
+    let s = wait_for_state(&bus.address, "held", &d);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "took over after {:?}, before D of silence",
+        t0.elapsed()
+    );
+    assert_eq!(s["Epoch"], 2);
+    assert_eq!(
+        c.lease("n1").unwrap()["spec"]["holderIdentity"],
+        format!("n1/{BOOT_B}")
+    );
+    stop(d);
+}
+
+#[test]
+fn two_hosts_with_one_node_name_conflict_and_never_fight() {
+    let c = Cluster::start();
+    let (bus_a, bus_b) = (PrivateBus::start(), PrivateBus::start());
+    let (host_a, host_b) = (c.host("n1", BOOT_A, "a"), c.host("n1", BOOT_B, "b"));
+    let a = Daemon::start(&host_a, &bus_a.address, &[]);
+    wait_for_state(&bus_a.address, "held", &a);
+    let b = Daemon::start(&host_b, &bus_b.address, &[]);
+    let s = wait_for_state(&bus_b.address, "conflict", &b);
+    assert!(
+        s["FenceMessage"]
+            .as_str()
+            .unwrap()
+            .contains("two hosts use the node name"),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_secs(5)); // longer than D: still no takeover
+    let sa = status(&bus_a.address).unwrap();
+    assert_eq!(
+        (sa["FenceState"].as_str(), sa["Epoch"].as_u64()),
+        (Some("held"), Some(1))
+    );
+    assert_eq!(status(&bus_b.address).unwrap()["FenceState"], "conflict");
+    assert_eq!(
+        c.lease("n1").unwrap()["spec"]["holderIdentity"],
+        format!("n1/{BOOT_A}")
+    );
+    assert!(
+        c.event_reasons().contains(&"LeaseConflict".to_string()),
+        "{:?}",
+        c.event_reasons()
+    );
+    assert!(
+        b.log().contains("two hosts use the node name"),
+        "{}",
+        b.log()
+    );
+}
+
+#[test]
+fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_new_epoch() {
+    let c = Cluster::start();
+    let bus = PrivateBus::start();
+    let host = c.host("n1", BOOT_A, "n1");
+    let d = Daemon::start(&host, &bus.address, &[]);
+    wait_for_state(&bus.address, "held", &d);
+    std::thread::sleep(Duration::from_millis(1500));
+    c.emu.faults(
+        "n1",
+        Faults {
+            partition: true,
+            ..Default::default()
+        },
+    );
+    let cut = Instant::now();
+    wait_for_state(&bus.address, "fenced", &d);
+    let took = cut.elapsed();
+    // the last successful renew was sent before the cut, so validity ended by cut + D − M (3 s);
+    // allow the CLI's polling and process start-up on top
+    assert!(
+        took <= Duration::from_millis(3600),
+        "fenced {took:?} after the cut"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "fenced too early ({took:?}): renews were still valid"
+    );
+    assert!(d.log().contains("lease lost"), "{}", d.log());
+
+    c.emu.faults("n1", Faults::default());
+    let s = wait_for_state(&bus.address, "held", &d);
+    assert_eq!(s["Epoch"], 2, "a new holding after a loss");
+}
+
+#[test]
+fn steady_state_costs_one_request_per_renew_and_no_polling() {
+    let c = Cluster::start();
+    let bus = PrivateBus::start();
+    let host = c.host("n1", BOOT_A, "n1");
+    let d = Daemon::start(&host, &bus.address, &[]);
+    wait_for_state(&bus.address, "held", &d);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = c.emu.request_counts("n1");
+    std::thread::sleep(Duration::from_secs(10));
+    let after = c.emu.request_counts("n1");
+    let delta =
+        |verb: &str| after.get(verb).copied().unwrap_or(0) - before.get(verb).copied().unwrap_or(0);
+    let patches = delta("PATCH");
+    assert!(
+        (8..=12).contains(&patches),
+        "{patches} renews in 10 s at R = 1 s: {before:?} → {after:?}"
+    );
+    assert_eq!(delta("GET"), 0, "no polling GETs: {after:?}");
+    assert_eq!(delta("LIST"), 0, "no relists: {after:?}");
+    assert_eq!(delta("WATCH"), 0, "one long-lived watch: {after:?}");
+    assert_eq!(after.get("WATCH").copied(), Some(1), "{after:?}");
+}
