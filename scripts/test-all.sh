@@ -31,11 +31,12 @@ echo "cargo test: $p passed, $f failed"
 stage "Debian package"
 cargo deb 2>&1 | tail -3 || fail "cargo deb"
 DEB=$(ls -t target/debian/volfence_*_amd64.deb | head -1)
-dpkg-deb -c "$DEB"
+CONTENT=$(dpkg-deb -c "$DEB") || fail "dpkg-deb -c"
+echo "$CONTENT"
 lintian --fail-on error "$DEB" | tee "$LOG/lintian.log" || fail "lintian (errors in $DEB)"
 for f in ./usr/bin/volfenced ./usr/bin/volfencectl ./usr/lib/systemd/system/volfenced.service \
          ./usr/share/dbus-1/system.d/org.volfence.Agent1.conf ./etc/volfence/config.toml; do
-    dpkg-deb -c "$DEB" | grep -q " $f\$" || fail "package content: $f missing"
+    grep -q " $f\$" <<< "$CONTENT" || fail "package content: $f missing"
 done
 dpkg-deb -I "$DEB" conffiles | grep -qx /etc/volfence/config.toml || fail "package: config.toml is not a conffile"
 echo "package OK: $DEB ($(du -h "$DEB" | cut -f1)); lintian: $(grep -c '^E:' "$LOG/lintian.log") errors, $(grep -c '^W:' "$LOG/lintian.log") warnings"

@@ -405,3 +405,32 @@ fn cli_without_a_bus_exits_3_with_one_line() {
     let out = volfencectl("sytem").arg("status").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn restart_resumes_the_epoch_only_while_the_previous_holding_is_still_valid() {
+    let bus = PrivateBus::start();
+    let host = FakeHost::new(
+        "n1",
+        BOOT_A,
+        "[fence]\nlease_duration = \"2s\"\nrenew_interval = \"500ms\"\nsafety_margin = \"500ms\"\n",
+    );
+    let mut d = Daemon::start(&host, &bus.address, &[]);
+    assert_eq!(wait_for_state(&bus.address, "held", &d)["Epoch"], 1);
+    // crash, back at once: still inside the old validity, so the holding resumes
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5));
+    let mut d = Daemon::start(&host, &bus.address, &[]);
+    assert_eq!(wait_for_state(&bus.address, "held", &d)["Epoch"], 1);
+    // crash, back after D − M: observers may have acted, so a new epoch
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(2000));
+    let d = Daemon::start(&host, &bus.address, &[]);
+    assert_eq!(
+        wait_for_state(&bus.address, "held", &d)["Epoch"],
+        2,
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("lapsed while no agent ran"), "{}", d.log());
+}

@@ -13,6 +13,7 @@ use crate::config::{FenceBackend, Settings};
 use crate::dbus::{self, AgentInfo, LogControl};
 use crate::fence::kube::KubeLeases;
 use crate::fence::lease::KubeLease;
+use crate::fence::record;
 use crate::fence::standalone::FileLease;
 use crate::fence::{
     Acquired, BackendError, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss, Timing,
@@ -186,6 +187,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Box::new(move || beat_notifier.watchdog()),
         Box::new(LogOnlyLoss),
     );
+    let runtime_dir = host.path(&settings.daemon.runtime_dir);
+    let fence_loop = match record::read(&runtime_dir, &holder.boot_id) {
+        record::Previous::Lapsed { epoch } => {
+            tracing::warn!(EPOCH = epoch, "the previous agent's holding (epoch {epoch}) lapsed while no agent ran: not resuming it, a new epoch will be taken");
+            fence_loop.forbid_resume()
+        }
+        _ => fence_loop,
+    };
 
     // Subscribed before the loop runs, so no transition is missed.
     let (signal_rx, status_rx) = (fence.transitions(), fence.transitions());
@@ -280,6 +289,31 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                         Err(RecvError::Closed) => return ("status", Ok(())),
                     },
                 };
+            }
+        });
+    }
+
+    {
+        // Keep the validity record current, so a restarted agent can tell whether it lapsed.
+        let (mut rx, s, dir, boot) = (
+            fence.subscribe(),
+            shutdown.clone(),
+            runtime_dir.clone(),
+            holder.boot_id.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let st = rx.borrow_and_update().clone();
+                if let Some(until) = st.valid_until {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if let Err(e) = record::write(&dir, &boot, st.epoch, left) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                tokio::select! {
+                    _ = s.cancelled() => return ("validity-record", Ok(())),
+                    r = rx.changed() => if r.is_err() { return ("validity-record", Ok(())) },
+                }
             }
         });
     }

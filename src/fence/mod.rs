@@ -20,6 +20,7 @@ use crate::config::{FenceSettings, LeaseLossAction};
 pub mod kube;
 pub mod lease;
 pub mod observer;
+pub mod record;
 pub mod sim;
 pub mod standalone;
 
@@ -313,6 +314,8 @@ pub struct FenceLoop<B: LeaseBackend> {
     shared: Arc<Shared>,
     heartbeat: Box<dyn Heartbeat>,
     loss: Box<dyn LossHandler>,
+    /// False when a previous incarnation's validity lapsed: never resume its epoch.
+    resume_allowed: bool,
 }
 
 /// A loss handler for hosts with nothing attached yet: logs what the action means.
@@ -362,9 +365,17 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 shared,
                 heartbeat,
                 loss,
+                resume_allowed: true,
             },
             fence,
         )
+    }
+
+    /// Forbids resuming the previous holding's epoch: the agent was down longer than that
+    /// holding's validity, so observers may already have acted on it.
+    pub fn forbid_resume(mut self) -> Self {
+        self.resume_allowed = false;
+        self
     }
 
     fn publish(
@@ -400,7 +411,7 @@ impl<B: LeaseBackend> FenceLoop<B> {
 
     /// Runs until `shutdown` is cancelled, then releases the lease. Returns only then.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut after_loss = false;
+        let mut after_loss = !self.resume_allowed;
         let mut last_epoch = 0;
         loop {
             let sent = Instant::now();

@@ -266,3 +266,39 @@ async fn shutdown_cancels_guards_and_ends_the_loop() {
     assert_eq!(g.check(), Err(FenceError::Cancelled { epoch: 1 }));
     assert!(r.fence.guard().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_previous_incarnation_is_never_resumed() {
+    let store = Arc::new(Mutex::new(Store {
+        reachable: true,
+        owner: Some("n1/boot".into()),
+        epoch: 4,
+        ..Default::default()
+    }));
+    let backend = MemLease {
+        me: "n1/boot".into(),
+        store: store.clone(),
+        latency: Duration::ZERO,
+    };
+    let (lp, fence) = FenceLoop::new(
+        backend,
+        Holder {
+            node: "n1".into(),
+            boot_id: "boot".into(),
+        },
+        T,
+        LeaseLossAction::Disconnect,
+        Box::new(|| {}),
+        Box::new(LogOnlyLoss),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(lp.forbid_resume().run(shutdown.clone()));
+    wait_state(&fence, FenceState::Held).await;
+    assert_eq!(
+        fence.status().epoch,
+        5,
+        "same holder, but its validity lapsed: a new epoch"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
