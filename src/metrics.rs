@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -39,6 +40,9 @@ pub struct Metrics {
     pub fence_state: Family<StateLabel, Gauge>,
     pub fence_transitions: Family<StateLabel, Counter>,
     pub fence_epoch: Gauge,
+    pub renew_seconds: Histogram,
+    pub renew_failures: Counter,
+    pub holding_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -67,11 +71,33 @@ impl Metrics {
             "Fencing token of the current or last lease holding",
             fence_epoch.clone(),
         );
+        let renew_seconds =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        registry.register(
+            "fence_renew_duration_seconds",
+            "Time from sending a lease renew to its answer (or timeout)",
+            renew_seconds.clone(),
+        );
+        let renew_failures = Counter::default();
+        registry.register(
+            "fence_renew_failures",
+            "Lease renews that did not extend validity",
+            renew_failures.clone(),
+        );
+        let holding_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "fence_holding_age_seconds",
+            "How long the current lease holding has lasted, as of its last renew",
+            holding_age.clone(),
+        );
         Metrics {
             registry,
             fence_state,
             fence_transitions,
             fence_epoch,
+            renew_seconds,
+            renew_failures,
+            holding_age,
         }
     }
 
@@ -97,6 +123,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+impl crate::fence::RenewRecorder for Metrics {
+    fn renew(&self, latency: std::time::Duration, ok: bool, holding_age: std::time::Duration) {
+        self.renew_seconds.observe(latency.as_secs_f64());
+        if !ok {
+            self.renew_failures.inc();
+        }
+        self.holding_age.set(holding_age.as_secs_f64());
     }
 }
 
@@ -189,5 +225,33 @@ mod tests {
         );
         assert!(text.contains("volfence_fence_epoch 4"), "{text}");
         assert!(text.contains("volfence_build_info{version=\""), "{text}");
+        use crate::fence::RenewRecorder;
+        m.renew(
+            std::time::Duration::from_millis(30),
+            true,
+            std::time::Duration::from_secs(12),
+        );
+        m.renew(
+            std::time::Duration::from_millis(2500),
+            false,
+            std::time::Duration::from_secs(14),
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("volfence_fence_renew_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volfence_fence_renew_duration_seconds_bucket{le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volfence_fence_renew_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("volfence_fence_holding_age_seconds 14"),
+            "{text}"
+        );
     }
 }

@@ -208,6 +208,11 @@ fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_ne
     c.emu.faults("n1", Faults::default());
     let s = wait_for_state(&bus.address, "held", &d);
     assert_eq!(s["Epoch"], 2, "a new holding after a loss");
+    assert!(
+        c.event_reasons().contains(&"LeaseLost".to_string()),
+        "{:?}",
+        c.event_reasons()
+    );
 }
 
 #[test]

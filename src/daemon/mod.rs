@@ -187,6 +187,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Box::new(move || beat_notifier.watchdog()),
         Box::new(LogOnlyLoss),
     );
+    let metrics = Arc::new(Metrics::new());
+    let fence_loop = fence_loop.with_recorder(metrics.clone());
     let runtime_dir = host.path(&settings.daemon.runtime_dir);
     let fence_loop = match record::read(&runtime_dir, &holder.boot_id) {
         record::Previous::Lapsed { epoch } => {
@@ -198,7 +200,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     // Subscribed before the loop runs, so no transition is missed.
     let (signal_rx, status_rx) = (fence.transitions(), fence.transitions());
-    let metrics = Arc::new(Metrics::new());
     let conn = dbus::connect(&settings.dbus)
         .await
         .map_err(dbus::ServeError::from)?;

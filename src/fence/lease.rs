@@ -195,6 +195,9 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
                 self.write_acquire(rec, false, true).await
             }
             Some(h) if h == me => {
+                // Regaining after a loss: say so on the lease, now that the API answers again.
+                let msg = format!("{me} lost lease {}/{} epoch {epoch}: it was not renewed within D − M; device operations were stopped", self.namespace, self.name);
+                self.api.event(&self.name, "LeaseLost", &msg, true).await;
                 let rec = self.take(&cur, epoch + 1);
                 self.write_acquire(rec, false, false).await
             }
@@ -258,6 +261,15 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
                     }
                     Some(c) => {
                         self.current = None;
+                        let msg = format!(
+                            "{} lost lease {}/{} epoch {} to {}",
+                            self.holder.identity(),
+                            self.namespace,
+                            self.name,
+                            cur.lease_transitions,
+                            c.holder.clone().unwrap_or_default()
+                        );
+                        self.api.event(&self.name, "LeaseLost", &msg, true).await;
                         Err(BackendError::Lost(format!(
                             "lease {} now held by {} (epoch {})",
                             self.name,

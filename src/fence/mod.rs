@@ -235,6 +235,17 @@ impl<F: Fn() + Send + Sync> Heartbeat for F {
     }
 }
 
+/// Told about every renew attempt: how long it took, whether it extended validity, and how long
+/// the current holding has lasted.
+pub trait RenewRecorder: Send + Sync {
+    fn renew(&self, latency: Duration, ok: bool, holding_age: Duration);
+}
+
+struct NoRecorder;
+impl RenewRecorder for NoRecorder {
+    fn renew(&self, _: Duration, _: bool, _: Duration) {}
+}
+
 /// A boxed `()` future, so loss handlers can be async without a futures crate.
 pub type BoxedUnit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -314,6 +325,7 @@ pub struct FenceLoop<B: LeaseBackend> {
     shared: Arc<Shared>,
     heartbeat: Box<dyn Heartbeat>,
     loss: Box<dyn LossHandler>,
+    recorder: Arc<dyn RenewRecorder>,
     /// False when a previous incarnation's validity lapsed: never resume its epoch.
     resume_allowed: bool,
 }
@@ -366,9 +378,16 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 heartbeat,
                 loss,
                 resume_allowed: true,
+                recorder: Arc::new(NoRecorder),
             },
             fence,
         )
+    }
+
+    /// Reports every renew attempt to `recorder` (metrics).
+    pub fn with_recorder(mut self, recorder: Arc<dyn RenewRecorder>) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     /// Forbids resuming the previous holding's epoch: the agent was down longer than that
@@ -476,6 +495,7 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 ),
             );
             self.heartbeat.beat();
+            let held_since = Instant::now();
 
             // Held: renew every R until validity runs out or shutdown.
             let mut next_renew = sent + self.timing.renew_interval;
@@ -495,7 +515,11 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 let sent = Instant::now();
                 // A renew may not outlast validity, nor delay the next attempt.
                 let budget = self.timing.renew_interval.min(valid_until - sent);
-                match tokio::time::timeout(budget, self.backend.renew()).await {
+                let result = tokio::time::timeout(budget, self.backend.renew()).await;
+                let ok = matches!(result, Ok(Ok(())));
+                self.recorder
+                    .renew(Instant::now() - sent, ok, Instant::now() - held_since);
+                match result {
                     Ok(Ok(())) => {
                         valid_until = self.timing.valid_until(sent);
                         let st = self.shared.tx.borrow().state;

@@ -1,0 +1,197 @@
+//! Failover benchmark (not a timed test): run with `cargo bench --bench failover`.
+//!
+//! 1. Failover, in the simulation under tokio's paused clock (so the figures are exact for the
+//!    protocol, independent of this machine's load): D = 10 s, R = 2.5 s, M = 2 s, per-client
+//!    one-way latency 1–20 ms. The holder is partitioned at a random phase of its renew cycle;
+//!    we measure the time until the observer may take over (watch says expired, consistent read
+//!    confirms) and the margin by which the holder had already fenced itself.
+//!    Goals: failover ≤ D + 1 s, margin ≥ M − 0.2 s (median and worst of the trials).
+//! 2. Steady-state API cost, for real: the agent's lease code through the `kube` client against
+//!    the API emulator for 60 s at the defaults; requests per minute by verb.
+//!    Goal: PATCH = the renew rate (60 / R = 24 per minute), zero GET/LIST, one WATCH.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use volfence::config::LeaseLossAction;
+use volfence::fence::lease::{KubeLease, LeaseApi};
+use volfence::fence::observer::Verdict;
+use volfence::fence::sim::{Net, SimServer};
+use volfence::fence::{FenceLoop, FenceState, Holder, LogOnlyLoss, Timing};
+
+const T: Timing = Timing {
+    lease_duration: Duration::from_secs(10),
+    renew_interval: Duration::from_millis(2500),
+    safety_margin: Duration::from_secs(2),
+};
+
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+/// One trial: (failover time, margin).
+async fn trial(mut seed: u64) -> (Duration, Duration) {
+    let server = SimServer::new(T.lease_duration, Duration::ZERO);
+    let lat = |s: &mut u64| Duration::from_millis(1 + lcg(s) % 20);
+    let x_api = server.client(
+        "x",
+        Net {
+            latency: lat(&mut seed),
+            ..Net::default()
+        },
+    );
+    let y_api = server.client(
+        "y",
+        Net {
+            latency: lat(&mut seed),
+            ..Net::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let mut fences = Vec::new();
+    for (name, api) in [("x", x_api.clone()), ("y", y_api.clone())] {
+        let holder = Holder {
+            node: name.into(),
+            boot_id: "b".into(),
+        };
+        let backend = KubeLease::new(api, "ns", holder.clone(), 10);
+        let (lp, fence) = FenceLoop::new(
+            backend,
+            holder,
+            T,
+            LeaseLossAction::Disconnect,
+            Box::new(|| {}),
+            Box::new(LogOnlyLoss),
+        );
+        tokio::spawn(lp.run(stop.clone()));
+        fences.push(fence);
+    }
+    for f in &fences {
+        f.subscribe()
+            .wait_for(|s| s.state == FenceState::Held)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5000 + lcg(&mut seed) % 2500)).await;
+    x_api.set_net(|n| n.partitioned = true);
+    let cut = Instant::now();
+    // the holder's validity as of the cut: it cannot grow while partitioned
+    let x_valid_until = fences[0].status().valid_until.expect("held");
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !matches!(y_api.verdict("x"), Verdict::Expired { .. }) {
+            continue;
+        }
+        let seen = y_api.cached("x").unwrap();
+        match y_api.get("x").await {
+            Ok(Some(now)) if now.resource_version == seen.resource_version => {}
+            _ => continue,
+        }
+        let t = Instant::now();
+        stop.cancel();
+        return (t - cut, t.saturating_duration_since(x_valid_until));
+    }
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() {
+    let trials: u64 = std::env::var("VOLFENCE_BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut failover = Vec::new();
+    let mut margin = Vec::new();
+    for seed in 0..trials {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (f, m) = rt.block_on(trial(seed * 7919 + 1));
+        failover.push(f);
+        margin.push(m);
+    }
+    let (fmin, fmed, fmax) = stats(failover);
+    let (mmin, mmed, mmax) = stats(margin);
+    println!(
+        "failover at D=10s, R=2.5s, M=2s over {trials} trials (simulated clock, 1-20 ms latency):"
+    );
+    println!("  partition -> observer may take over: min {fmin:.2?}  median {fmed:.2?}  worst {fmax:.2?}   (goal <= 11s: {})", if fmax <= Duration::from_secs(11) { "met" } else { "MISSED" });
+    println!("  holder fenced itself ahead by:       worst {mmin:.2?}  median {mmed:.2?}  max {mmax:.2?}   (goal >= 1.8s: {})", if mmin >= Duration::from_millis(1800) { "met" } else { "MISSED" });
+
+    // Steady-state request cost, real time, real kube client, emulator.
+    let secs: u64 = std::env::var("VOLFENCE_BENCH_STEADY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let counts = rt.block_on(async move {
+        let emu = volfence::kubeemu::Emulator::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(&kc, emu.kubeconfig("bench")).unwrap();
+        let settings = volfence::config::KubernetesSettings {
+            kubeconfig: Some(kc),
+            request_timeout: Duration::from_secs(5),
+        };
+        let client = volfence::fence::kube::client(&settings).await.unwrap();
+        let (leases, watch) = volfence::fence::kube::KubeLeases::start(
+            client,
+            "ns",
+            "bench",
+            T.lease_duration,
+            Duration::ZERO,
+        );
+        tokio::spawn(watch);
+        let holder = Holder {
+            node: "bench".into(),
+            boot_id: "b".into(),
+        };
+        let backend = KubeLease::new(leases, "ns", holder.clone(), 10);
+        let (lp, fence) = FenceLoop::new(
+            backend,
+            holder,
+            T,
+            LeaseLossAction::Disconnect,
+            Box::new(|| {}),
+            Box::new(LogOnlyLoss),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(lp.run(stop.clone()));
+        fence
+            .subscribe()
+            .wait_for(|s| s.state == FenceState::Held)
+            .await
+            .unwrap();
+        let before = emu.request_counts("bench");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let after = emu.request_counts("bench");
+        stop.cancel();
+        emu.shutdown();
+        (before, after)
+    });
+    let (before, after) = counts;
+    println!("steady state over {secs}s (real kube client, API emulator), requests per minute:");
+    for verb in ["PATCH", "GET", "LIST", "WATCH", "POST", "PUT"] {
+        let d = after.get(verb).copied().unwrap_or(0) - before.get(verb).copied().unwrap_or(0);
+        println!("  {verb:6} {:6.1}/min", d as f64 * 60.0 / secs as f64);
+    }
+    println!(
+        "  (renew rate 60/R = 24.0/min; watches open in total: {})",
+        after.get("WATCH").copied().unwrap_or(0)
+    );
+}
