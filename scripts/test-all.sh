@@ -29,7 +29,11 @@ echo "cargo test: $p passed, $f failed"
 [ "$rc" -eq 0 ] || fail "cargo test"
 
 stage "Debian package"
-cargo deb 2>&1 | tail -3 || fail "cargo deb"
+# every binary, the VM tier's API emulator included; cargo deb then reuses them
+cargo build --release --bins 2>&1 | tail -2
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "cargo build --release"
+cargo deb 2>&1 | tail -3
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "cargo deb"
 DEB=$(ls -t target/debian/volfence_*_amd64.deb | head -1)
 CONTENT=$(dpkg-deb -c "$DEB") || fail "dpkg-deb -c"
 echo "$CONTENT"

@@ -15,6 +15,7 @@ use crate::fence::kube::KubeLeases;
 use crate::fence::lease::KubeLease;
 use crate::fence::record;
 use crate::fence::standalone::FileLease;
+use crate::fence::watchdog::Watchdog;
 use crate::fence::{
     Acquired, BackendError, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss, Timing,
 };
@@ -30,6 +31,9 @@ pub enum DaemonError {
     /// The host's identity files could not be read.
     #[error("cannot identify this host: {0}")]
     Host(#[from] HostError),
+    /// The hardware watchdog cannot be used with this timing.
+    #[error(transparent)]
+    Watchdog(#[from] crate::fence::watchdog::WatchdogError),
     /// The Kubernetes client could not be set up.
     #[error(transparent)]
     Kube(#[from] crate::fence::kube::KubeError),
@@ -178,13 +182,25 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             tracing::warn!("WatchdogSec={wd:?} is shorter than twice renew_interval ({:?}): systemd may kill a healthy agent", timing.renew_interval);
         }
     }
-    let beat_notifier = notifier.clone();
+    let hw_watchdog = match &settings.fence.watchdog_device {
+        Some(dev) => Some(Arc::new(Watchdog::new(&host.path(dev), &timing)?)),
+        None => None,
+    };
+    let (beat_notifier, beat_wd) = (notifier.clone(), hw_watchdog.clone());
     let (fence_loop, fence) = FenceLoop::new(
         backend,
         holder.clone(),
         timing,
         settings.fence.on_lease_loss,
-        Box::new(move || beat_notifier.watchdog()),
+        // The only liveness proof: a renew that succeeded.
+        Box::new(move || {
+            beat_notifier.watchdog();
+            if let Some(wd) = &beat_wd {
+                if let Err(e) = wd.feed() {
+                    tracing::error!("{e}");
+                }
+            }
+        }),
         Box::new(LogOnlyLoss),
     );
     let metrics = Arc::new(Metrics::new());
@@ -355,6 +371,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     })
     .await;
+    if let Some(wd) = &hw_watchdog {
+        wd.disarm();
+    }
     dbus::release(&conn).await;
     outcome?;
     drained.map_err(|_| DaemonError::ShutdownTimeout(limit))?;

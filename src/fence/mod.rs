@@ -23,6 +23,7 @@ pub mod observer;
 pub mod record;
 pub mod sim;
 pub mod standalone;
+pub mod watchdog;
 
 /// What the fence is doing, as shown on D-Bus (`FenceState`) and in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

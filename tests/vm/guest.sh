@@ -20,7 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-/run/vmtest-out}
 W=/run/vmtest
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
-: "${VOLFENCED:?} ${VOLFENCECTL:?} ${VOLFENCE_DEB:?} ${VOLFENCE_SRC:?}"
+: "${VOLFENCED:?} ${VOLFENCECTL:?} ${VOLFENCE_DEB:?} ${VOLFENCE_SRC:?} ${VOLFENCE_EMULATOR:?}"
 export LVM_SUPPRESS_FD_WARNINGS=1   # virtme's virtio-serial fds are inherited by lvm commands
 mkdir -p "$OUT" "$W"
 

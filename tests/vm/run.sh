@@ -19,6 +19,7 @@
 #
 # Environment knobs:
 #   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
+#   VOLFENCE_EMULATOR       the API emulator run in the guest (default target/release/volfence-kube-emulator)
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
 #   VOLFENCE_SRC            tree holding dbus/org.volfence.Agent1.conf and systemd/volfenced.service
 #                           (default: this repository)
@@ -41,6 +42,7 @@ VM_CPUS=${VM_CPUS:-2}
 VM_MEM=${VM_MEM:-1G}
 VOLFENCED=${VOLFENCED:-$REPO/target/release/volfenced}
 VOLFENCECTL=${VOLFENCECTL:-$REPO/target/release/volfencectl}
+VOLFENCE_EMULATOR=${VOLFENCE_EMULATOR:-$REPO/target/release/volfence-kube-emulator}
 VOLFENCE_DEB=${VOLFENCE_DEB:-$REPO/target/debian/volfence_0.1.0-1_amd64.deb}
 
 T_ALL=$EPOCHREALTIME
@@ -134,12 +136,13 @@ phase kernel
 # ------------------------------------------------------------------ 3. artifacts under test
 check_artifacts() {
     local f
-    for f in "$VOLFENCED" "$VOLFENCECTL"; do
+    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR"; do
         [ -x "$f" ] || die "$f is missing or not executable (cargo build --release, or set VOLFENCED/VOLFENCECTL)"
     done
     [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
     # absolute paths: the guest sees the host tree at the same places
     VOLFENCED=$(readlink -f "$VOLFENCED"); VOLFENCECTL=$(readlink -f "$VOLFENCECTL")
+    VOLFENCE_EMULATOR=$(readlink -f "$VOLFENCE_EMULATOR")
     VOLFENCE_DEB=$(readlink -f "$VOLFENCE_DEB")
     echo "[host] under test: $VOLFENCED ($("$VOLFENCED" --version 2>&1)), $VOLFENCECTL, $VOLFENCE_DEB"
 }
@@ -156,6 +159,7 @@ QEMU_OPTS="-drive if=none,id=lvmdisk,file=$DISK,format=raw,cache=unsafe -device 
 QEMU_OPTS+=" -device i6300esb"
 # --exec goes through a shell in the guest: quote every value
 GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
+    VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" \
     VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
 GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
