@@ -1,11 +1,17 @@
 //! The agent with the Kubernetes fence backend, through the real `kube` client, against the
 //! project's API server emulator (in this process, on loopback). D = 4 s, R = 1 s, M = 1 s.
+//!
+//! With `KUBECONFIG` set, the same tests run against that cluster instead (namespace
+//! `volfence-test` must exist; lease names get a per-run suffix). Tests that need the emulator's
+//! fault injection or request counters say so and skip there.
 
 mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::*;
@@ -15,8 +21,11 @@ const NS: &str = "volfence-test";
 
 struct Cluster {
     rt: tokio::runtime::Runtime,
-    emu: Emulator,
+    /// None: a real cluster from KUBECONFIG.
+    emu: Option<Emulator>,
+    real: Option<(PathBuf, kube::Client)>,
     dir: tempfile::TempDir,
+    suffix: String,
 }
 
 impl Cluster {
@@ -26,26 +35,67 @@ impl Cluster {
             .enable_all()
             .build()
             .unwrap();
-        let emu = rt
-            .block_on(Emulator::start("127.0.0.1:0".parse().unwrap()))
-            .unwrap();
-        Cluster {
-            rt,
-            emu,
-            dir: tempfile::tempdir().unwrap(),
+        let dir = tempfile::tempdir().unwrap();
+        match std::env::var_os("KUBECONFIG") {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let settings = volfence::config::KubernetesSettings {
+                    kubeconfig: Some(path.clone()),
+                    request_timeout: Duration::from_secs(5),
+                };
+                let client = rt
+                    .block_on(volfence::fence::kube::client(&settings))
+                    .unwrap();
+                let suffix = format!("-{}", std::process::id());
+                Cluster {
+                    rt,
+                    emu: None,
+                    real: Some((path, client)),
+                    dir,
+                    suffix,
+                }
+            }
+            None => {
+                let emu = rt
+                    .block_on(Emulator::start("127.0.0.1:0".parse().unwrap()))
+                    .unwrap();
+                Cluster {
+                    rt,
+                    emu: Some(emu),
+                    real: None,
+                    dir,
+                    suffix: String::new(),
+                }
+            }
         }
+    }
+
+    /// The emulator, for tests that need fault injection or request counts.
+    fn emulator(&self) -> Option<&Emulator> {
+        if self.emu.is_none() {
+            eprintln!("skipped against a real cluster: needs the emulator's fault injection and request counters");
+        }
+        self.emu.as_ref()
+    }
+
+    /// Node names carry a per-run suffix on a real cluster, so runs do not meet.
+    fn node(&self, n: &str) -> String {
+        format!("{n}{}", self.suffix)
     }
 
     /// A kubeconfig whose bearer token is `client` (its fault-injection identity).
     fn kubeconfig(&self, client: &str) -> PathBuf {
+        if let Some((path, _)) = &self.real {
+            return path.clone();
+        }
         let p = self.dir.path().join(format!("kubeconfig-{client}"));
-        std::fs::write(&p, self.emu.kubeconfig(client)).unwrap();
+        std::fs::write(&p, self.emu.as_ref().unwrap().kubeconfig(client)).unwrap();
         p
     }
 
     fn host(&self, node: &str, boot: &str, client: &str) -> FakeHost {
         FakeHost::new(
-            node,
+            &self.node(node),
             boot,
             &format!(
                 "[fence]\nbackend = \"kubernetes\"\nlease_namespace = \"{NS}\"\nlease_duration = \"4s\"\nrenew_interval = \"1s\"\nsafety_margin = \"1s\"\n[kubernetes]\nkubeconfig = \"{}\"\nrequest_timeout = \"2s\"\n",
@@ -55,24 +105,57 @@ impl Cluster {
     }
 
     fn lease(&self, node: &str) -> Option<Value> {
-        self.emu.object(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{node}"
-        ))
+        let name = self.node(node);
+        match (&self.emu, &self.real) {
+            (Some(emu), _) => emu.object(&format!(
+                "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{name}"
+            )),
+            (None, Some((_, client))) => {
+                let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), NS);
+                self.rt
+                    .block_on(api.get_opt(&name))
+                    .unwrap()
+                    .map(|l| serde_json::to_value(l).unwrap())
+            }
+            _ => unreachable!(),
+        }
     }
 
     fn event_reasons(&self) -> Vec<String> {
-        self.emu
-            .events()
-            .iter()
-            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-            .collect()
+        match (&self.emu, &self.real) {
+            (Some(emu), _) => emu
+                .events()
+                .iter()
+                .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+                .collect(),
+            (None, Some((_, client))) => {
+                let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), NS);
+                let list = self.rt.block_on(api.list(&Default::default())).unwrap();
+                list.items
+                    .into_iter()
+                    .filter(|e| {
+                        e.involved_object
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.ends_with(&self.suffix))
+                    })
+                    .filter_map(|e| e.reason)
+                    .collect()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    fn holder(&self, node: &str, boot: &str) -> String {
+        format!("{}/{boot}", self.node(node))
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.emu.shutdown();
-        let _ = &self.rt;
+        if let Some(emu) = &self.emu {
+            emu.shutdown();
+        }
     }
 }
 
@@ -96,7 +179,7 @@ fn acquire_renew_restart_resumes_and_reboot_takes_over_with_a_new_epoch() {
     assert_eq!(s["Epoch"], 1);
     assert_eq!(s["FenceBackend"], "kubernetes");
     let lease = c.lease("n1").expect("lease created");
-    assert_eq!(lease["spec"]["holderIdentity"], format!("n1/{BOOT_A}"));
+    assert_eq!(lease["spec"]["holderIdentity"], c.holder("n1", BOOT_A));
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 4);
     let rv = lease["metadata"]["resourceVersion"].clone();
@@ -131,7 +214,7 @@ fn acquire_renew_restart_resumes_and_reboot_takes_over_with_a_new_epoch() {
     assert_eq!(s["Epoch"], 2);
     assert_eq!(
         c.lease("n1").unwrap()["spec"]["holderIdentity"],
-        format!("n1/{BOOT_B}")
+        c.holder("n1", BOOT_B)
     );
     stop(d);
 }
@@ -161,7 +244,7 @@ fn two_hosts_with_one_node_name_conflict_and_never_fight() {
     assert_eq!(status(&bus_b.address).unwrap()["FenceState"], "conflict");
     assert_eq!(
         c.lease("n1").unwrap()["spec"]["holderIdentity"],
-        format!("n1/{BOOT_A}")
+        c.holder("n1", BOOT_A)
     );
     assert!(
         c.event_reasons().contains(&"LeaseConflict".to_string()),
@@ -178,12 +261,13 @@ fn two_hosts_with_one_node_name_conflict_and_never_fight() {
 #[test]
 fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_new_epoch() {
     let c = Cluster::start();
+    let Some(emu) = c.emulator() else { return };
     let bus = PrivateBus::start();
     let host = c.host("n1", BOOT_A, "n1");
     let d = Daemon::start(&host, &bus.address, &[]);
     wait_for_state(&bus.address, "held", &d);
     std::thread::sleep(Duration::from_millis(1500));
-    c.emu.faults(
+    emu.faults(
         "n1",
         Faults {
             partition: true,
@@ -205,7 +289,7 @@ fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_ne
     );
     assert!(d.log().contains("lease lost"), "{}", d.log());
 
-    c.emu.faults("n1", Faults::default());
+    emu.faults("n1", Faults::default());
     let s = wait_for_state(&bus.address, "held", &d);
     assert_eq!(s["Epoch"], 2, "a new holding after a loss");
     assert!(
@@ -218,14 +302,15 @@ fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_ne
 #[test]
 fn steady_state_costs_one_request_per_renew_and_no_polling() {
     let c = Cluster::start();
+    let Some(emu) = c.emulator() else { return };
     let bus = PrivateBus::start();
     let host = c.host("n1", BOOT_A, "n1");
     let d = Daemon::start(&host, &bus.address, &[]);
     wait_for_state(&bus.address, "held", &d);
     std::thread::sleep(Duration::from_secs(1));
-    let before = c.emu.request_counts("n1");
+    let before = emu.request_counts("n1");
     std::thread::sleep(Duration::from_secs(10));
-    let after = c.emu.request_counts("n1");
+    let after = emu.request_counts("n1");
     let delta =
         |verb: &str| after.get(verb).copied().unwrap_or(0) - before.get(verb).copied().unwrap_or(0);
     let patches = delta("PATCH");
