@@ -249,7 +249,9 @@ t_notify_ready() {
     cat "$NOTIFY_EVENTS"
     ready=$(notify_line READY=1) || fail "no READY=1 (daemon exited?)" || return 1
     [ "$(notify_pid "$ready")" = "$(notify_mainpid)" ] || fail "READY=1 not sent by the main pid (NotifyAccess=main)" || return 1
-    contains "$ready" "STATUS=" || return 1
+    # STATUS= comes in messages of its own (the status task is its only sender, so READY=1
+    # cannot overwrite a newer status): one must say what the fence is doing
+    wait_for 30 eval 'grep -q "STATUS=fence " "$NOTIFY_EVENTS"' || fail "no STATUS=fence ... line" || return 1
     # READY=1 comes after the name is owned, by the main process
     name_owned $AGENT_NAME || fail "READY=1 before $AGENT_NAME was owned" || return 1
     [ "$(owner_pid $AGENT_NAME)" = "$(notify_mainpid)" ] || fail "$AGENT_NAME owned by another process" || return 1
