@@ -20,6 +20,7 @@
 # Environment knobs:
 #   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
 #   VOLFENCE_EMULATOR       the API emulator run in the guest (default target/release/volfence-kube-emulator)
+#   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
 #   VOLFENCE_SRC            tree holding dbus/org.volfence.Agent1.conf and systemd/volfenced.service
 #                           (default: this repository)
@@ -167,8 +168,12 @@ VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
 echo "[host] ${VNG[*]}"
 # GNU timeout makes itself a process-group leader and signals the whole group, so qemu
 # (a child of vng) goes down too if the guest hangs.
-timeout -k 20 "$VM_TIMEOUT" "${VNG[@]}" < /dev/null 2>&1 | tee "$OUT/console.log"
-rc=${PIPESTATUS[0]}
+if [ "${VM_MAIN:-1}" = 1 ]; then
+    timeout -k 20 "$VM_TIMEOUT" "${VNG[@]}" < /dev/null 2>&1 | tee "$OUT/console.log"
+    rc=${PIPESTATUS[0]}
+else
+    echo "0 passed, 0 failed" > "$OUT/console.log"; rc=0   # VM_MAIN=0: only the reset boot
+fi
 phase "vm (boot+checks)"
 rm -f "$DISK"
 
@@ -185,9 +190,39 @@ if [ -z "$summary" ]; then
     else
         echo "[host] FAIL: the guest printed no summary (see $OUT/console.log)"
     fi
-elif [ "$rc" -ne 0 ] || ! [[ $summary =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]]; then
+elif [ "${VM_MAIN:-1}" = 1 ] && { [ "$rc" -ne 0 ] || ! [[ $summary =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]]; }; then
     echo "[host] FAIL (details: $OUT/guest-detail.log, $OUT/dmesg.log)"
-else
+fi
+
+# ------------------------------------------------------------------ 6. second boot: watchdog reset
+# A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs
+# qemu with -no-reboot, so the reset ends the VM; judged here from the outside.
+reset_check() {
+    local out=$OUT/reset cmd t_stop t_end rc
+    mkdir -p "$out"; rm -f "$out"/*
+    cmd=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}")
+    cmd+=$(printf '%q %q' "$HERE/guest-reset.sh" "$out")
+    timeout -k 20 400 vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
+        --rwdir="$out" --qemu-opts="-device i6300esb" --exec "$cmd" < /dev/null > "$out/console.log" 2>&1
+    rc=$?
+    t_end=$(date +%s)
+    phase "vm (watchdog reset)"
+    cat "$out/reset-marker" 2>/dev/null | sed 's/^/[host] guest: /'
+    if ! grep -q "SIGSTOP at" "$out/reset-marker" 2>/dev/null; then
+        echo "[host] FAIL watchdog-reset: the guest never stopped the agent (see $out/)"; return 1
+    fi
+    if grep -q SURVIVED "$out/reset-marker" || [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "[host] FAIL watchdog-reset: the guest survived a hung agent (vng exit $rc)"; return 1
+    fi
+    t_stop=$(stat -c %Y "$out/reset-marker")
+    echo "[host] PASS watchdog-reset: the guest reset $((t_end - t_stop))s after the agent was stopped (vng exit $rc)"
+}
+if [ "${VM_RESET_TEST:-1}" = 1 ]; then
+    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
+    if reset_check; then np=$((np + 1)); else nf=$((nf + 1)); fi
+    summary="$np passed, $nf failed"
+fi
+if [ "$rc" -eq 0 ] && [[ $summary =~ ^[1-9][0-9]*\ passed,\ 0\ failed$ ]]; then
     echo "[host] OK (logs in $OUT)"
     final_summary "$summary"
     exit 0
