@@ -994,7 +994,7 @@ impl RawConfig {
         if on_lease_loss == LeaseLossAction::Reboot && watchdog_device.is_none() {
             return Err(c.err(
                 "fence.on_lease_loss",
-                "\"reboot\" resets the host through the hardware watchdog: set fence.watchdog_device (e.g. \"/dev/watchdog\")",
+                format!("\"reboot\" resets the host through the hardware watchdog: set fence.watchdog_device (e.g. {:?})", paths::WATCHDOG_DEVICE),
             ));
         }
         let fence = FenceSettings {

@@ -50,6 +50,16 @@ struct State {
     requests: HashMap<String, u64>,
 }
 
+impl State {
+    /// Commits a lease write: the next resourceVersion, stored, and broadcast by the caller.
+    fn write_lease(&mut self, mut r: LeaseRecord) -> (LeaseRecord, Option<LeaseRecord>) {
+        self.rv += 1;
+        r.resource_version = self.rv.to_string();
+        self.leases.insert(r.name.clone(), r.clone());
+        (r.clone(), Some(r))
+    }
+}
+
 /// The server. Cheap to clone.
 #[derive(Clone)]
 pub struct SimServer {
@@ -345,11 +355,7 @@ impl LeaseApi for SimApi {
             if st.leases.contains_key(&rec.name) {
                 return Err(ApiError::AlreadyExists);
             }
-            st.rv += 1;
-            let mut r = rec;
-            r.resource_version = st.rv.to_string();
-            st.leases.insert(r.name.clone(), r.clone());
-            Ok((r.clone(), Some(r)))
+            Ok(st.write_lease(rec))
         })
         .await
     }
@@ -361,11 +367,7 @@ impl LeaseApi for SimApi {
             if cur.resource_version != rec.resource_version {
                 return Err(ApiError::Conflict);
             }
-            st.rv += 1;
-            let mut r = rec;
-            r.resource_version = st.rv.to_string();
-            st.leases.insert(r.name.clone(), r.clone());
-            Ok((r.clone(), Some(r)))
+            Ok(st.write_lease(rec))
         })
         .await
     }

@@ -7,3 +7,4 @@ pub const RUNTIME_DIR: &str = "/run/volfence";
 pub const SNAPSHOT_MOUNT_ROOT: &str = "/run/volfence/snapshots";
 pub const NVME_HOSTNQN_FILE: &str = "/etc/nvme/hostnqn";
 pub const NVME_HOSTID_FILE: &str = "/etc/nvme/hostid";
+pub const WATCHDOG_DEVICE: &str = "/dev/watchdog";
