@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::host::paths;
-use crate::nvme::nqn::{validate_nqn, NQN_MAX_LEN};
+use crate::nvme::nqn::validate_nqn;
 
 /// Main configuration file when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/volfence/config.toml";
@@ -1165,9 +1165,6 @@ impl RawConfig {
         })
     }
 }
-
-/// NQN length limit re-exported for documentation of `nvme.hostnqn`.
-pub const HOSTNQN_MAX_LEN: usize = NQN_MAX_LEN;
 
 #[cfg(test)]
 mod tests {

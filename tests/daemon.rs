@@ -181,10 +181,8 @@ fn mutating_method_checks_the_callers_uid_in_process() {
     let host = FakeHost::new("n1", BOOT_A, "");
     let d = Daemon::start(&host, &bus.address, &[]);
     wait_for_state(&bus.address, "held", &d);
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_volfencectl"))
-        .args(["--bus", &bus.address, "set-log-level", "debug"])
+    let out = volfencectl_as_nobody(&bus.address)
+        .args(["set-log-level", "debug"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
@@ -195,10 +193,8 @@ fn mutating_method_checks_the_callers_uid_in_process() {
     );
     assert!(text(&out).contains("caller uid 65534"), "{}", text(&out));
     // reading is allowed for anyone
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_volfencectl"))
-        .args(["--bus", &bus.address, "status", "--json"])
+    let out = volfencectl_as_nobody(&bus.address)
+        .args(["status", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -142,6 +142,15 @@ pub fn volfencectl(bus: &str) -> Command {
     c
 }
 
+/// `volfencectl` run as uid/gid 65534 (nobody), to test what an unprivileged caller gets.
+pub fn volfencectl_as_nobody(bus: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_volfencectl"))
+        .args(["--bus", bus]);
+    c
+}
+
 /// A running daemon; killed on drop if the test did not stop it.
 pub struct Daemon {
     pub child: Child,
