@@ -872,6 +872,15 @@ fn validate_lvm_prefix(p: &str) -> Result<(), String> {
     }
 }
 
+impl Settings {
+    /// The built-in defaults for a node: what an empty configuration means.
+    pub fn defaults(node: &str) -> Settings {
+        RawConfig::default()
+            .validate(node, &Origins::default())
+            .expect("the built-in defaults are valid")
+    }
+}
+
 impl RawConfig {
     /// The one place raw values become typed settings.
     pub fn validate(

@@ -1,3 +1,5 @@
-//! NVMe over Fabrics: names and identities. Connect, disconnect and resolve build on this.
+//! NVMe over Fabrics (TCP): connect, disconnect and resolve volumes through `/dev/nvme-fabrics`,
+//! sysfs and udev.
 
 pub mod nqn;
+pub mod options;
