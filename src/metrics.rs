@@ -43,6 +43,28 @@ pub struct Metrics {
     pub renew_seconds: Histogram,
     pub renew_failures: Counter,
     pub holding_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub nvme_ops: Family<OpResult, Counter>,
+    pub nvme_op_seconds: Family<OpLabel, Histogram>,
+    pub nvme_failures: Family<OpReason, Counter>,
+    pub nvme_volumes: Family<StateLabel, Gauge>,
+    pub nvme_volumes_lost: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpResult {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpReason {
+    pub op: &'static str,
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -90,7 +112,44 @@ impl Metrics {
             "How long the current lease holding has lasted, as of its last renew",
             holding_age.clone(),
         );
+        let nvme_ops = Family::<OpResult, Counter>::default();
+        registry.register(
+            "nvme_operations",
+            "NVMe volume connects and disconnects, by result (ok or error)",
+            nvme_ops.clone(),
+        );
+        let nvme_op_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "nvme_operation_duration_seconds",
+            "Time a connect (until the device is usable) or disconnect (until it is gone) took",
+            nvme_op_seconds.clone(),
+        );
+        let nvme_failures = Family::<OpReason, Counter>::default();
+        registry.register(
+            "nvme_operation_failures",
+            "Failed NVMe volume operations, by reason",
+            nvme_failures.clone(),
+        );
+        let nvme_volumes = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "nvme_volumes",
+            "Volumes this agent holds, by state (live, degraded, reconnecting, dead, ...)",
+            nvme_volumes.clone(),
+        );
+        let nvme_volumes_lost = Counter::default();
+        registry.register(
+            "nvme_volumes_lost",
+            "Times a volume lost every path",
+            nvme_volumes_lost.clone(),
+        );
         Metrics {
+            nvme_ops,
+            nvme_op_seconds,
+            nvme_failures,
+            nvme_volumes,
+            nvme_volumes_lost,
             registry,
             fence_state,
             fence_transitions,
@@ -98,6 +157,29 @@ impl Metrics {
             renew_seconds,
             renew_failures,
             holding_age,
+        }
+    }
+
+    /// Records one NVMe volume operation.
+    pub fn observe_nvme(
+        &self,
+        op: &'static str,
+        took: std::time::Duration,
+        failure: Option<&'static str>,
+    ) {
+        self.nvme_ops
+            .get_or_create(&OpResult {
+                op,
+                result: if failure.is_some() { "error" } else { "ok" },
+            })
+            .inc();
+        self.nvme_op_seconds
+            .get_or_create(&OpLabel { op })
+            .observe(took.as_secs_f64());
+        if let Some(reason) = failure {
+            self.nvme_failures
+                .get_or_create(&OpReason { op, reason })
+                .inc();
         }
     }
 

@@ -2,4 +2,9 @@
 //! sysfs and udev.
 
 pub mod nqn;
+pub mod fake;
+pub mod identity;
+pub mod kernel;
 pub mod options;
+pub mod sysfs;
+pub mod volumes;

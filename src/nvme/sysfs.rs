@@ -1,0 +1,402 @@
+//! What the kernel says about NVMe controllers, subsystems and namespaces, read from sysfs under
+//! the host root. The parsers are pure; [`scan`] walks the tree once and builds a [`Topology`]
+//! indexed by what volumes are resolved by (subsystem NQN + NSID, UUID, NGUID), never by kernel
+//! device names, which change across reconnects.
+//!
+//! Layout (both multipath modes):
+//! - `/sys/class/nvme/nvmeN/`: one controller; `subsysnqn`, `transport`, `address`, `state`,
+//!   `cntlid`, `hostnqn`. With native multipath its namespaces appear as hidden path nodes
+//!   `nvme<S>c<N>n<H>`; without, as block devices `nvmeNn<H>` directly below it.
+//! - `/sys/class/nvme-subsystem/nvme-subsysS/`: `subsysnqn`, links to its controllers, and with
+//!   multipath the head block devices `nvme<S>n<H>` (the `/dev` nodes volumes use).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::host::Host;
+
+pub const CLASS_NVME: &str = "/sys/class/nvme";
+pub const CLASS_SUBSYS: &str = "/sys/class/nvme-subsystem";
+pub const FABRICS_DEV: &str = "/dev/nvme-fabrics";
+pub const BY_ID: &str = "/dev/disk/by-id";
+
+/// `state` of a controller, as `nvme_ctrl_state_show` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CtrlState {
+    New,
+    Live,
+    Resetting,
+    Connecting,
+    Deleting,
+    DeletingNoio,
+    Dead,
+    Unknown,
+}
+
+impl CtrlState {
+    pub fn parse(s: &str) -> CtrlState {
+        match s.trim() {
+            "new" => CtrlState::New,
+            "live" => CtrlState::Live,
+            "resetting" => CtrlState::Resetting,
+            "connecting" => CtrlState::Connecting,
+            "deleting" => CtrlState::Deleting,
+            "deleting (no IO)" => CtrlState::DeletingNoio,
+            "dead" => CtrlState::Dead,
+            _ => CtrlState::Unknown,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtrlState::New => "new",
+            CtrlState::Live => "live",
+            CtrlState::Resetting => "resetting",
+            CtrlState::Connecting => "connecting",
+            CtrlState::Deleting => "deleting",
+            CtrlState::DeletingNoio => "deleting (no IO)",
+            CtrlState::Dead => "dead",
+            CtrlState::Unknown => "unknown",
+        }
+    }
+    /// Still a connection (or trying to be one); deleting and dead ones are on their way out.
+    pub fn is_alive(self) -> bool {
+        matches!(
+            self,
+            CtrlState::New | CtrlState::Live | CtrlState::Resetting | CtrlState::Connecting
+        )
+    }
+}
+
+/// `instance=N,cntlid=M` from a read of `/dev/nvme-fabrics` after a connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FabricsReply {
+    pub instance: u32,
+    pub cntlid: u16,
+}
+
+pub fn parse_fabrics_reply(s: &str) -> Option<FabricsReply> {
+    let kv = parse_kv(s);
+    Some(FabricsReply {
+        instance: kv.get("instance")?.parse().ok()?,
+        cntlid: kv.get("cntlid")?.parse().ok()?,
+    })
+}
+
+/// `key=value,key=value` (the `address` attribute, the fabrics reply).
+pub fn parse_kv(s: &str) -> BTreeMap<String, String> {
+    s.trim()
+        .split(',')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The `address` attribute of a TCP controller:
+/// `traddr=127.0.0.1,trsvcid=4420[,host_traddr=…][,host_iface=…][,src_addr=…]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CtrlAddress {
+    pub traddr: String,
+    pub trsvcid: String,
+    pub host_traddr: Option<String>,
+    pub host_iface: Option<String>,
+    /// The local address the kernel bound (informational; not part of the identity).
+    pub src_addr: Option<String>,
+}
+
+pub fn parse_address(s: &str) -> CtrlAddress {
+    let mut kv = parse_kv(s);
+    CtrlAddress {
+        traddr: kv.remove("traddr").unwrap_or_default(),
+        trsvcid: kv.remove("trsvcid").unwrap_or_default(),
+        host_traddr: kv.remove("host_traddr"),
+        host_iface: kv.remove("host_iface"),
+        src_addr: kv.remove("src_addr"),
+    }
+}
+
+/// Splits `nvme<a>n<b>` (a namespace block device) into (a, b).
+pub fn parse_ns_name(n: &str) -> Option<(u32, u32)> {
+    let (a, b) = n.strip_prefix("nvme")?.split_once('n')?;
+    Some((digits(a)?, digits(b)?))
+}
+
+/// Splits `nvme<s>c<c>n<h>` (a hidden multipath path node) into (s, c, h).
+pub fn parse_path_name(n: &str) -> Option<(u32, u32, u32)> {
+    let (s, rest) = n.strip_prefix("nvme")?.split_once('c')?;
+    let (c, h) = rest.split_once('n')?;
+    Some((digits(s)?, digits(c)?, digits(h)?))
+}
+
+/// `nvme<N>` (a controller).
+pub fn parse_ctrl_name(n: &str) -> Option<u32> {
+    digits(n.strip_prefix("nvme")?)
+}
+
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// NGUIDs and UUIDs compare as lowercase hex without dashes.
+pub fn normalize_id(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn is_zero_id(s: &str) -> bool {
+    normalize_id(s).bytes().all(|b| b == b'0')
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    pub name: String,
+    pub instance: u32,
+    pub subsysnqn: String,
+    pub transport: String,
+    pub address: CtrlAddress,
+    pub state: CtrlState,
+    pub cntlid: Option<u16>,
+    pub hostnqn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// Block device name (`nvme0n1`): a multipath head, or the plain namespace without multipath.
+    pub block: String,
+    pub subsysnqn: String,
+    pub nsid: u32,
+    pub uuid: Option<String>,
+    pub nguid: Option<String>,
+    pub size_bytes: u64,
+    /// Controllers that reach this namespace.
+    pub controllers: Vec<String>,
+    pub multipath: bool,
+}
+
+/// One consistent read of the NVMe part of sysfs, with the lookups volumes need.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub controllers: BTreeMap<String, Controller>,
+    pub namespaces: Vec<Namespace>,
+    by_nsid: HashMap<(String, u32), Vec<usize>>,
+    by_id: HashMap<String, Vec<usize>>,
+}
+
+impl Topology {
+    /// Builds the indexes.
+    pub fn new(controllers: BTreeMap<String, Controller>, namespaces: Vec<Namespace>) -> Topology {
+        let mut t = Topology {
+            controllers,
+            namespaces,
+            ..Default::default()
+        };
+        for (i, ns) in t.namespaces.iter().enumerate() {
+            t.by_nsid
+                .entry((ns.subsysnqn.clone(), ns.nsid))
+                .or_default()
+                .push(i);
+            for id in [&ns.uuid, &ns.nguid].into_iter().flatten() {
+                t.by_id.entry(normalize_id(id)).or_default().push(i);
+            }
+        }
+        t
+    }
+
+    /// Namespaces of subsystem `nqn` with `nsid` (one with multipath; one per controller without).
+    pub fn by_nsid(&self, nqn: &str, nsid: u32) -> impl Iterator<Item = &Namespace> {
+        self.by_nsid
+            .get(&(nqn.to_string(), nsid))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.namespaces[*i])
+    }
+
+    /// Namespaces of subsystem `nqn` whose UUID or NGUID is `id` (any format).
+    pub fn by_id<'a>(&'a self, nqn: &str, id: &str) -> impl Iterator<Item = &'a Namespace> {
+        let nqn = nqn.to_string();
+        self.by_id
+            .get(&normalize_id(id))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.namespaces[*i])
+            .filter(move |ns| ns.subsysnqn == nqn)
+    }
+}
+
+fn attr(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn read_namespace(
+    dir: &Path,
+    block: &str,
+    subsysnqn: &str,
+    multipath: bool,
+) -> Option<Namespace> {
+    // A namespace being torn down can vanish between readdir and read: skip it, it is gone.
+    let nsid = attr(dir, "nsid")?.trim().parse().ok()?;
+    let id = |n: &str| attr(dir, n).filter(|v| !v.is_empty() && !is_zero_id(v));
+    let size_bytes = attr(dir, "size")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 512;
+    Some(Namespace {
+        block: block.to_string(),
+        subsysnqn: subsysnqn.to_string(),
+        nsid,
+        uuid: id("uuid"),
+        nguid: id("nguid"),
+        size_bytes,
+        controllers: Vec::new(),
+        multipath,
+    })
+}
+
+/// Reads every controller, subsystem and namespace. Tolerates entries that disappear mid-walk
+/// (the kernel tears them down asynchronously).
+pub fn scan(host: &Host) -> Topology {
+    let class = host.path(CLASS_NVME);
+    let mut controllers = BTreeMap::new();
+    let mut namespaces = Vec::new();
+    // head name -> controllers reaching it, from the path nodes
+    let mut head_paths: HashMap<String, Vec<String>> = HashMap::new();
+    for name in read_dir_names(&class) {
+        let Some(instance) = parse_ctrl_name(&name) else {
+            continue;
+        };
+        let dir = class.join(&name);
+        let Some(subsysnqn) = attr(&dir, "subsysnqn") else {
+            continue;
+        };
+        let c = Controller {
+            instance,
+            subsysnqn: subsysnqn.clone(),
+            transport: attr(&dir, "transport").unwrap_or_default(),
+            address: parse_address(&attr(&dir, "address").unwrap_or_default()),
+            state: CtrlState::parse(&attr(&dir, "state").unwrap_or_default()),
+            cntlid: attr(&dir, "cntlid").and_then(|s| s.trim().parse().ok()),
+            hostnqn: attr(&dir, "hostnqn"),
+            name: name.clone(),
+        };
+        for child in read_dir_names(&dir) {
+            if let Some((s, _, h)) = parse_path_name(&child) {
+                head_paths
+                    .entry(format!("nvme{s}n{h}"))
+                    .or_default()
+                    .push(name.clone());
+            } else if parse_ns_name(&child).is_some() {
+                if let Some(mut ns) =
+                    read_namespace(&dir.join(&child), &child, &subsysnqn, false)
+                {
+                    ns.controllers.push(name.clone());
+                    namespaces.push(ns);
+                }
+            }
+        }
+        controllers.insert(name, c);
+    }
+    let subsys_class = host.path(CLASS_SUBSYS);
+    for sname in read_dir_names(&subsys_class) {
+        let dir = subsys_class.join(&sname);
+        let Some(nqn) = attr(&dir, "subsysnqn") else {
+            continue;
+        };
+        for child in read_dir_names(&dir) {
+            if parse_ns_name(&child).is_none() {
+                continue;
+            }
+            if let Some(mut ns) = read_namespace(&dir.join(&child), &child, &nqn, true) {
+                let mut ctrls = head_paths.remove(&child).unwrap_or_default();
+                ctrls.sort();
+                ns.controllers = ctrls;
+                namespaces.push(ns);
+            }
+        }
+    }
+    namespaces.sort_by(|a, b| a.block.cmp(&b.block));
+    Topology::new(controllers, namespaces)
+}
+
+/// The udev-made stable name of a namespace, if udev has made it: `nvme-uuid.<uuid>`, else
+/// `nvme-eui.<nguid>`, else any `nvme-*` link that resolves to the device.
+pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
+    let by_id = host.path(BY_ID);
+    let dev = host.path("/dev").join(&ns.block);
+    let points_here = |link: &str| {
+        std::fs::canonicalize(by_id.join(link))
+            .map(|p| p == dev || std::fs::canonicalize(&dev).map(|d| d == p).unwrap_or(false))
+            .unwrap_or(false)
+    };
+    let mut preferred = Vec::new();
+    if let Some(u) = &ns.uuid {
+        preferred.push(format!("nvme-uuid.{u}"));
+    }
+    if let Some(g) = &ns.nguid {
+        preferred.push(format!("nvme-eui.{}", normalize_id(g)));
+    }
+    for p in preferred {
+        if points_here(&p) {
+            return Some(format!("{BY_ID}/{p}"));
+        }
+    }
+    let mut names = read_dir_names(&by_id);
+    names.sort();
+    names
+        .into_iter()
+        .filter(|n| n.starts_with("nvme-"))
+        .find(|n| points_here(n))
+        .map(|n| format!("{BY_ID}/{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_ns_name("nvme0n1"), Some((0, 1)));
+        assert_eq!(parse_ns_name("nvme12n345"), Some((12, 345)));
+        assert_eq!(parse_ns_name("nvme0c0n1"), None);
+        assert_eq!(parse_ns_name("nvme0"), None);
+        assert_eq!(parse_ns_name("nvme-subsys0"), None);
+        assert_eq!(parse_path_name("nvme0c1n2"), Some((0, 1, 2)));
+        assert_eq!(parse_path_name("nvme0n1"), None);
+        assert_eq!(parse_ctrl_name("nvme7"), Some(7));
+        assert_eq!(parse_ctrl_name("nvme7n1"), None);
+        assert_eq!(parse_ctrl_name("nvme-fabrics"), None);
+    }
+
+    #[test]
+    fn states() {
+        for s in ["new", "live", "resetting", "connecting", "deleting", "deleting (no IO)", "dead"] {
+            assert_eq!(CtrlState::parse(&format!("{s}\n")).as_str(), s);
+        }
+        assert_eq!(CtrlState::parse("bogus"), CtrlState::Unknown);
+    }
+
+    #[test]
+    fn ids_normalize() {
+        assert_eq!(
+            normalize_id("0AB1E5A0-1111-2222-3333-444455556666"),
+            "0ab1e5a0111122223333444455556666"
+        );
+        assert!(is_zero_id("00000000-0000-0000-0000-000000000000"));
+    }
+}

@@ -1,0 +1,981 @@
+//! Volumes: which controllers and namespace make up each volume this agent connected, kept in
+//! atomic records under the state directory and checked against sysfs.
+//!
+//! Rules:
+//! - A connect writes its record (phase `connecting`) before it writes to `/dev/nvme-fabrics`, and
+//!   the controller name right after the kernel replies, so a crash at any point leaves a record
+//!   that lets the next start adopt what the kernel made. Nothing is reconnected at startup.
+//! - The agent only touches controllers named in its records ("owned"). A controller to the same
+//!   subsystem and path that no record names was made by someone else: reported, never used or
+//!   deleted.
+//! - A controller shared by several volumes (two namespaces of one subsystem) is deleted only with
+//!   the last of them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::kernel::{Fabrics, Uevent};
+use super::options::{
+    validate_volume_id, ConnectArgs, ControllerKey, HostIdentity, OptionsError, Overrides,
+    PathAddr, Selector, Target,
+};
+use super::sysfs::{self, parse_fabrics_reply, Controller, CtrlState, Namespace, Topology};
+use crate::config::NvmeSettings;
+use crate::fence::{FenceError, FenceGuard};
+use crate::host::{Host, HostError};
+use crate::metrics::Metrics;
+
+/// How often controller states are re-read: the kernel sends no uevent when a controller goes
+/// from live to connecting or resetting, so this is the one place sysfs is polled.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NvmeError {
+    #[error(transparent)]
+    Invalid(#[from] OptionsError),
+    #[error("not fenced: {0}")]
+    NotFenced(#[from] FenceError),
+    /// The volume or its controllers are in use by another operation or another tool.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The kernel refused the connect or delete.
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+impl NvmeError {
+    /// Label for the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NvmeError::Invalid(_) => "invalid_argument",
+            NvmeError::NotFenced(_) => "not_fenced",
+            NvmeError::Busy(_) => "busy",
+            NvmeError::Timeout(_) => "timeout",
+            NvmeError::NotFound(_) => "not_found",
+            NvmeError::Kernel { .. } => "kernel",
+            NvmeError::Host(_) => "state_io",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Connecting,
+    Connected,
+    Disconnecting,
+}
+
+/// A controller this agent made (or adopted), identified by more than its reusable name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedCtrl {
+    pub name: String,
+    pub cntlid: u16,
+    pub path: PathAddr,
+}
+
+/// What is persisted per volume: `<state_dir>/volumes/<volume_id>.json`. No secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub volume_id: String,
+    pub target: Target,
+    pub hostnqn: String,
+    pub phase: Phase,
+    pub controllers: Vec<OwnedCtrl>,
+    /// Fence epoch of the connect.
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeState {
+    Connecting,
+    /// Every path live.
+    Live,
+    /// Some paths live.
+    Degraded,
+    /// Controllers exist but none is live (the kernel is reconnecting; I/O is queued).
+    Reconnecting,
+    /// No controller left: every path is gone.
+    Dead,
+    Disconnecting,
+}
+
+impl VolumeState {
+    pub const ALL: [VolumeState; 6] = [
+        VolumeState::Connecting,
+        VolumeState::Live,
+        VolumeState::Degraded,
+        VolumeState::Reconnecting,
+        VolumeState::Dead,
+        VolumeState::Disconnecting,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Connecting => "connecting",
+            VolumeState::Live => "live",
+            VolumeState::Degraded => "degraded",
+            VolumeState::Reconnecting => "reconnecting",
+            VolumeState::Dead => "dead",
+            VolumeState::Disconnecting => "disconnecting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    pub controller: String,
+    pub address: String,
+    pub state: String,
+}
+
+/// A volume as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub volume_id: String,
+    pub nqn: String,
+    pub nsid: u32,
+    pub uuid: String,
+    pub nguid: String,
+    /// `/dev/nvme0n1`, empty when the block device is gone.
+    pub device: String,
+    /// `/dev/disk/by-id/nvme-uuid.…`, empty until udev made it.
+    pub stable_path: String,
+    pub size_bytes: u64,
+    pub state: VolumeState,
+    pub paths: Vec<PathInfo>,
+    pub epoch: u64,
+}
+
+/// What changed, for the D-Bus publisher and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeEvent {
+    Added(String),
+    Changed(String),
+    Removed(String),
+    /// Every path of the volume is gone.
+    Lost(String),
+}
+
+struct Inner {
+    host: Host,
+    fabrics: Arc<dyn Fabrics>,
+    events: broadcast::Sender<Uevent>,
+    identity: HostIdentity,
+    defaults: NvmeSettings,
+    records_dir: PathBuf,
+    volumes: Mutex<BTreeMap<String, (Record, VolumeInfo)>>,
+    volume_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    topology: Mutex<TopoCache>,
+    changes: broadcast::Sender<VolumeEvent>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+struct TopoCache {
+    topo: Arc<Topology>,
+    dirty: bool,
+}
+
+/// The volume manager. Cheap to clone.
+#[derive(Clone)]
+pub struct Volumes {
+    inner: Arc<Inner>,
+}
+
+/// A parsed `Connect` request.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub volume_id: String,
+    pub target: Target,
+    pub overrides: Overrides,
+}
+
+fn key_string(k: &ControllerKey) -> String {
+    format!("{}|{}|{:?}|{:?}|{}", k.nqn, k.path.traddr, k.path.trsvcid, k.path.host_iface, k.hostnqn)
+}
+
+/// Does sysfs controller `c` implement connection `key`?
+fn matches_key(c: &Controller, key: &ControllerKey) -> bool {
+    c.subsysnqn == key.nqn
+        && c.transport == "tcp"
+        && c.address.traddr.parse().ok() == Some(key.path.traddr)
+        && c.address.trsvcid.parse().ok() == Some(key.path.trsvcid)
+        && c.address.host_iface == key.path.host_iface
+        && c.address.host_traddr.as_deref().and_then(|a| a.parse().ok()) == key.path.host_traddr
+        && c.hostnqn.as_deref().is_none_or(|h| h == key.hostnqn)
+}
+
+/// Is `c` still the controller recorded as `o` (names are reused by the kernel)?
+fn is_same(c: &Controller, o: &OwnedCtrl, nqn: &str) -> bool {
+    c.name == o.name
+        && c.subsysnqn == nqn
+        && c.cntlid.is_none_or(|id| id == o.cntlid)
+        && c.address.traddr.parse().ok() == Some(o.path.traddr)
+        && c.address.trsvcid.parse().ok() == Some(o.path.trsvcid)
+}
+
+fn select<'a>(topo: &'a Topology, target: &Target, ctrls: &[String]) -> Option<&'a Namespace> {
+    let reaches = |ns: &&Namespace| ns.controllers.iter().any(|c| ctrls.contains(c));
+    match &target.namespace {
+        Selector::Nsid(n) => topo.by_nsid(&target.nqn, *n).find(reaches),
+        Selector::Uuid(u) | Selector::Nguid(u) => topo.by_id(&target.nqn, u).find(reaches),
+    }
+}
+
+impl Volumes {
+    /// The manager over `fabrics` and the udev `events` channel (subscribe-able before any wait).
+    pub fn new(
+        host: Host,
+        fabrics: Arc<dyn Fabrics>,
+        events: broadcast::Sender<Uevent>,
+        identity: HostIdentity,
+        defaults: NvmeSettings,
+        state_dir: PathBuf,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Volumes {
+        Volumes {
+            inner: Arc::new(Inner {
+                records_dir: state_dir.join("volumes"),
+                host,
+                fabrics,
+                events,
+                identity,
+                defaults,
+                volumes: Mutex::new(BTreeMap::new()),
+                volume_locks: Mutex::new(HashMap::new()),
+                key_locks: Mutex::new(HashMap::new()),
+                topology: Mutex::new(TopoCache {
+                    topo: Arc::new(Topology::default()),
+                    dirty: true,
+                }),
+                changes: broadcast::channel(256).0,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn identity(&self) -> &HostIdentity {
+        &self.inner.identity
+    }
+
+    /// Every volume change, in order.
+    pub fn subscribe(&self) -> broadcast::Receiver<VolumeEvent> {
+        self.inner.changes.subscribe()
+    }
+
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let v = self.inner.volumes.lock().unwrap();
+        v.values().map(|(_, i)| i.clone()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<VolumeInfo> {
+        self.inner
+            .volumes
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(_, i)| i.clone())
+    }
+
+    /// The cached topology, rescanned only after a device event marked it stale.
+    pub fn topology(&self) -> Arc<Topology> {
+        let mut t = self.inner.topology.lock().unwrap();
+        if t.dirty {
+            t.topo = Arc::new(sysfs::scan(&self.inner.host));
+            t.dirty = false;
+        }
+        t.topo.clone()
+    }
+
+    /// A fresh read of sysfs (also refreshes the cache).
+    pub fn rescan(&self) -> Arc<Topology> {
+        let topo = Arc::new(sysfs::scan(&self.inner.host));
+        let mut t = self.inner.topology.lock().unwrap();
+        t.topo = topo.clone();
+        t.dirty = false;
+        topo
+    }
+
+    /// Resolves a target's namespace through the cache: never by a remembered kernel name.
+    pub fn resolve(&self, nqn: &str, sel: &Selector) -> Option<Namespace> {
+        let topo = self.topology();
+        let found = match sel {
+            Selector::Nsid(n) => topo.by_nsid(nqn, *n).next(),
+            Selector::Uuid(u) | Selector::Nguid(u) => topo.by_id(nqn, u).next(),
+        };
+        found.cloned()
+    }
+
+    /// Marks the cache stale; called for every udev event.
+    pub fn invalidate(&self) {
+        self.inner.topology.lock().unwrap().dirty = true;
+    }
+
+    /// Controllers no record owns, for reports.
+    pub fn foreign_controllers(&self) -> Vec<Controller> {
+        let owned = self.owned_names(None);
+        self.rescan()
+            .controllers
+            .values()
+            .filter(|c| !owned.contains(&c.name))
+            .cloned()
+            .collect()
+    }
+
+    fn owned_names(&self, except: Option<&str>) -> HashSet<String> {
+        let v = self.inner.volumes.lock().unwrap();
+        v.iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .flat_map(|(_, (r, _))| r.controllers.iter().map(|c| c.name.clone()))
+            .collect()
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.inner.records_dir.join(format!("{id}.json"))
+    }
+
+    fn lock_for(map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, k: &str) -> Arc<tokio::sync::Mutex<()>> {
+        map.lock().unwrap().entry(k.to_string()).or_default().clone()
+    }
+
+    fn save(&self, r: &Record) -> Result<(), HostError> {
+        let json = serde_json::to_vec_pretty(r).expect("records serialize");
+        std::fs::create_dir_all(&self.inner.records_dir).map_err(|source| HostError::Write {
+            path: self.inner.records_dir.clone(),
+            source,
+        })?;
+        crate::host::write_atomic(&self.record_path(&r.volume_id), &json)
+    }
+
+    fn forget(&self, id: &str) -> Result<(), HostError> {
+        let p = self.record_path(id);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(HostError::Write { path: p, source }),
+        }
+        let removed = self.inner.volumes.lock().unwrap().remove(id).is_some();
+        if removed {
+            let _ = self.inner.changes.send(VolumeEvent::Removed(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Persists `r` and updates the in-memory view from `topo`.
+    fn store(&self, r: Record, topo: &Topology) -> Result<VolumeInfo, HostError> {
+        self.save(&r)?;
+        Ok(self.update(r, topo))
+    }
+
+    fn update(&self, r: Record, topo: &Topology) -> VolumeInfo {
+        let info = self.describe(&r, topo);
+        let id = r.volume_id.clone();
+        let prev = self
+            .inner
+            .volumes
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (r, info.clone()));
+        let ev = match &prev {
+            None => Some(VolumeEvent::Added(id.clone())),
+            Some((_, old)) if *old != info => Some(VolumeEvent::Changed(id.clone())),
+            _ => None,
+        };
+        if let Some(ev) = ev {
+            let _ = self.inner.changes.send(ev);
+        }
+        let was_dead = prev.map(|(_, i)| i.state == VolumeState::Dead).unwrap_or(false);
+        if info.state == VolumeState::Dead && !was_dead {
+            tracing::error!(VOLUME = id.as_str(), NQN = info.nqn.as_str(), "volume {id}: every path to {} is gone", info.nqn);
+            if let Some(m) = &self.inner.metrics {
+                m.nvme_volumes_lost.inc();
+            }
+            let _ = self.inner.changes.send(VolumeEvent::Lost(id));
+        }
+        self.publish_state_gauge();
+        info
+    }
+
+    fn publish_state_gauge(&self) {
+        if let Some(m) = &self.inner.metrics {
+            let v = self.inner.volumes.lock().unwrap();
+            for s in VolumeState::ALL {
+                let n = v.values().filter(|(_, i)| i.state == s).count();
+                m.nvme_volumes
+                    .get_or_create(&crate::metrics::StateLabel { state: s.as_str() })
+                    .set(n as i64);
+            }
+        }
+    }
+
+    fn describe(&self, r: &Record, topo: &Topology) -> VolumeInfo {
+        let live: Vec<&Controller> = r
+            .controllers
+            .iter()
+            .filter_map(|o| topo.controllers.get(&o.name).filter(|c| is_same(c, o, &r.target.nqn)))
+            .collect();
+        let names: Vec<String> = live.iter().map(|c| c.name.clone()).collect();
+        let ns = select(topo, &r.target, &names);
+        let device = ns
+            .map(|n| format!("/dev/{}", n.block))
+            .filter(|d| self.inner.host.path(d).exists())
+            .unwrap_or_default();
+        let stable = match (ns, device.is_empty()) {
+            (Some(n), false) => sysfs::stable_link(&self.inner.host, n).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let n_live = live.iter().filter(|c| c.state == CtrlState::Live).count();
+        let state = match r.phase {
+            Phase::Connecting => VolumeState::Connecting,
+            Phase::Disconnecting => VolumeState::Disconnecting,
+            Phase::Connected if live.is_empty() => VolumeState::Dead,
+            Phase::Connected if n_live == live.len() && n_live == r.target.paths.len() => {
+                VolumeState::Live
+            }
+            Phase::Connected if n_live > 0 => VolumeState::Degraded,
+            Phase::Connected => VolumeState::Reconnecting,
+        };
+        VolumeInfo {
+            volume_id: r.volume_id.clone(),
+            nqn: r.target.nqn.clone(),
+            nsid: ns.map(|n| n.nsid).unwrap_or(match r.target.namespace {
+                Selector::Nsid(n) => n,
+                _ => 0,
+            }),
+            uuid: ns.and_then(|n| n.uuid.clone()).unwrap_or_default(),
+            nguid: ns.and_then(|n| n.nguid.clone()).unwrap_or_default(),
+            device,
+            stable_path: stable,
+            size_bytes: ns.map(|n| n.size_bytes).unwrap_or(0),
+            state,
+            paths: r
+                .controllers
+                .iter()
+                .map(|o| PathInfo {
+                    controller: o.name.clone(),
+                    address: o.path.to_string(),
+                    state: live
+                        .iter()
+                        .find(|c| c.name == o.name)
+                        .map(|c| c.state.as_str())
+                        .unwrap_or("gone")
+                        .to_string(),
+                })
+                .collect(),
+            epoch: r.epoch,
+        }
+    }
+
+    /// Re-reads sysfs and updates every volume's state (health).
+    pub fn refresh(&self) {
+        let topo = self.rescan();
+        let records: Vec<Record> = self
+            .inner
+            .volumes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in records {
+            self.update(r, &topo);
+        }
+    }
+
+    /// Follows udev events (cache invalidation, volume states) and re-reads controller states
+    /// every [`HEALTH_INTERVAL`], until `shutdown`.
+    pub async fn watch(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut rx = self.inner.events.subscribe();
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                r = rx.recv() => {
+                    if let Err(broadcast::error::RecvError::Closed) = r { return; }
+                    self.invalidate();
+                }
+            }
+            self.refresh();
+        }
+    }
+
+    /// Rebuilds the view from the records and the kernel. Runs before READY=1; needs no guard
+    /// because it only adopts and finishes disconnects, never connects.
+    pub async fn recover(&self) -> Result<(), NvmeError> {
+        let dir = &self.inner.records_dir;
+        let mut records = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                    continue;
+                }
+                let parsed = std::fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(r) if p.file_stem().and_then(|s| s.to_str()) == Some(r.volume_id.as_str()) => {
+                        records.push(r)
+                    }
+                    Ok(r) => tracing::error!("{}: names volume {:?}, not its file name; left alone", p.display(), r.volume_id),
+                    Err(e) => {
+                        // Keep it for a human: never delete what cannot be read.
+                        let aside = p.with_extension("json.unreadable");
+                        let _ = std::fs::rename(&p, &aside);
+                        tracing::error!("{}: cannot be read ({e}); moved to {}", p.display(), aside.display());
+                    }
+                }
+            }
+        }
+        let topo = self.rescan();
+        // First pass: everything recorded by name is owned.
+        let mut claimed: HashSet<String> = records
+            .iter()
+            .flat_map(|r| r.controllers.iter().map(|c| c.name.clone()))
+            .collect();
+        let mut disconnecting = Vec::new();
+        for mut r in records {
+            let before = r.controllers.clone();
+            r.controllers.retain(|o| {
+                topo.controllers
+                    .get(&o.name)
+                    .is_some_and(|c| is_same(c, o, &r.target.nqn))
+            });
+            for gone in before.iter().filter(|o| !r.controllers.contains(o)) {
+                tracing::warn!(VOLUME = r.volume_id.as_str(), "volume {}: controller {} is gone", r.volume_id, gone.name);
+            }
+            if r.phase == Phase::Connecting {
+                // The kernel may have made a controller whose reply the previous agent never
+                // read: adopt an unclaimed controller for each path still missing one.
+                for path in &r.target.paths {
+                    if r.controllers.iter().any(|o| &o.path == path) {
+                        continue;
+                    }
+                    let key = ControllerKey {
+                        nqn: r.target.nqn.clone(),
+                        path: path.clone(),
+                        hostnqn: r.hostnqn.clone(),
+                    };
+                    if let Some(c) = topo
+                        .controllers
+                        .values()
+                        .find(|c| c.state.is_alive() && !claimed.contains(&c.name) && matches_key(c, &key))
+                    {
+                        tracing::info!(VOLUME = r.volume_id.as_str(), "volume {}: adopting {} left by an interrupted connect", r.volume_id, c.name);
+                        claimed.insert(c.name.clone());
+                        r.controllers.push(OwnedCtrl {
+                            name: c.name.clone(),
+                            cntlid: c.cntlid.unwrap_or(0),
+                            path: path.clone(),
+                        });
+                    }
+                }
+                if r.controllers.is_empty() {
+                    tracing::info!(VOLUME = r.volume_id.as_str(), "volume {}: its connect was interrupted before the kernel made a controller; forgetting it", r.volume_id);
+                    self.forget(&r.volume_id)?;
+                    continue;
+                }
+                r.phase = Phase::Connected;
+            }
+            if r.phase == Phase::Disconnecting {
+                disconnecting.push(r.volume_id.clone());
+            }
+            let info = self.store(r, &topo)?;
+            tracing::info!(VOLUME = info.volume_id.as_str(), "volume {}: {} ({})", info.volume_id, info.state.as_str(), if info.device.is_empty() { "no device" } else { info.device.as_str() });
+        }
+        for id in disconnecting {
+            tracing::info!(VOLUME = id.as_str(), "volume {id}: finishing an interrupted disconnect");
+            self.disconnect(&id, None).await?;
+        }
+        for c in self.foreign_controllers() {
+            tracing::warn!("controller {} to {} at {}:{} was not made by volfence: left alone", c.name, c.subsysnqn, c.address.traddr, c.address.trsvcid);
+        }
+        Ok(())
+    }
+
+    /// Connects a volume, or returns it if it is already connected to the same target.
+    pub async fn connect(
+        &self,
+        guard: &FenceGuard,
+        req: ConnectRequest,
+    ) -> Result<VolumeInfo, NvmeError> {
+        let started = Instant::now();
+        let result = self.connect_inner(guard, req).await;
+        if let Some(m) = &self.inner.metrics {
+            m.observe_nvme("connect", started.elapsed(), result.as_ref().err().map(NvmeError::reason));
+        }
+        result
+    }
+
+    async fn connect_inner(
+        &self,
+        guard: &FenceGuard,
+        req: ConnectRequest,
+    ) -> Result<VolumeInfo, NvmeError> {
+        validate_volume_id(&req.volume_id)?;
+        let args: Vec<ConnectArgs> = req
+            .target
+            .paths
+            .iter()
+            .map(|p| {
+                ConnectArgs::new(
+                    &req.target,
+                    p,
+                    &self.inner.identity,
+                    &self.inner.defaults,
+                    &req.overrides,
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let id = req.volume_id.as_str();
+        let lock = Self::lock_for(&self.inner.volume_locks, id);
+        let Ok(_held) = lock.try_lock() else {
+            return Err(NvmeError::Busy(format!(
+                "volume {id}: another connect or disconnect of it is running"
+            )));
+        };
+        guard.check()?;
+        // Subscribed before anything happens, so no event can slip between a check and a wait.
+        let mut events = self.inner.events.subscribe();
+        let existing = self.inner.volumes.lock().unwrap().get(id).map(|(r, _)| r.clone());
+        let mut record = match existing {
+            Some(r) if r.target != req.target => {
+                return Err(NvmeError::Busy(format!(
+                    "volume {id} is connected to {} {} at {}; disconnect it first",
+                    r.target.nqn,
+                    r.target.namespace,
+                    r.target.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+            Some(r) if r.phase == Phase::Disconnecting => {
+                return Err(NvmeError::Busy(format!("volume {id} is being disconnected")))
+            }
+            Some(r) => r,
+            None => Record {
+                volume_id: id.to_string(),
+                target: req.target.clone(),
+                hostnqn: self.inner.identity.hostnqn.clone(),
+                phase: Phase::Connecting,
+                controllers: Vec::new(),
+                epoch: guard.epoch(),
+            },
+        };
+        let was_connected = record.phase == Phase::Connected;
+        let mut created: Vec<String> = Vec::new();
+        let outcome = self
+            .ensure_controllers(guard, &mut record, &args, &mut created)
+            .await;
+        let outcome = match outcome {
+            Ok(()) => {
+                let timeout = req.overrides.timeout.unwrap_or(self.inner.defaults.connect_timeout);
+                self.wait_for_device(guard, &record, &mut events, timeout).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(topo) => {
+                record.phase = Phase::Connected;
+                record.epoch = guard.epoch();
+                let info = self.store(record, &topo)?;
+                if !was_connected {
+                    tracing::info!(VOLUME = id, EPOCH = guard.epoch(), "volume {id}: connected {} as {} ({})", info.nqn, info.device, info.stable_path);
+                }
+                Ok(info)
+            }
+            Err(e) => {
+                // Undo what this call made, so a failed connect leaks no controller.
+                self.rollback(&mut record, &created, was_connected).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn rollback(&self, record: &mut Record, created: &[String], was_connected: bool) {
+        let others = self.owned_names(Some(&record.volume_id));
+        for name in created {
+            if others.contains(name) {
+                continue;
+            }
+            if let Err(e) = self.delete_blocking(name).await {
+                tracing::error!("rolling back {name}: {e}");
+            }
+        }
+        record.controllers.retain(|c| !created.contains(&c.name));
+        let topo = self.rescan();
+        if was_connected {
+            if let Err(e) = self.store(record.clone(), &topo) {
+                tracing::error!("{e}");
+            }
+        } else if let Err(e) = self.forget(&record.volume_id) {
+            tracing::error!("{e}");
+        }
+    }
+
+    async fn delete_blocking(&self, name: &str) -> Result<(), NvmeError> {
+        let (f, n) = (self.inner.fabrics.clone(), name.to_string());
+        let r = tokio::task::spawn_blocking(move || f.delete_controller(&n))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match r {
+            Ok(()) => Ok(()),
+            // Already gone (the kernel's loss timer, or another delete): what we wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(NvmeError::Kernel {
+                what: format!("deleting controller {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// One owned, alive controller per path: reuse, or make it.
+    async fn ensure_controllers(
+        &self,
+        guard: &FenceGuard,
+        record: &mut Record,
+        args: &[ConnectArgs],
+        created: &mut Vec<String>,
+    ) -> Result<(), NvmeError> {
+        let id = record.volume_id.clone();
+        // The record exists before the kernel is asked, so a crash cannot leak what it makes.
+        self.store(record.clone(), &self.topology())?;
+        for a in args {
+            let key = a.key();
+            let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
+            let _k = klock.lock().await;
+            let topo = self.rescan();
+            let owned_here: Vec<&OwnedCtrl> = record.controllers.iter().filter(|o| o.path == a.path).collect();
+            if owned_here.iter().any(|o| {
+                topo.controllers
+                    .get(&o.name)
+                    .is_some_and(|c| is_same(c, o, &a.nqn) && c.state.is_alive())
+            }) {
+                continue;
+            }
+            // Drop stale entries for this path (the kernel deleted them).
+            record.controllers.retain(|o| o.path != a.path);
+            let owned = self.owned_names(None);
+            if let Some(c) = topo
+                .controllers
+                .values()
+                .find(|c| c.state.is_alive() && matches_key(c, &key))
+            {
+                if !owned.contains(&c.name) {
+                    return Err(NvmeError::Busy(format!(
+                        "controller {} to {} at {} was not made by volfence (nvme-cli or another tool?): not using or changing it",
+                        c.name, a.nqn, a.path
+                    )));
+                }
+                // Another volume's controller to the same subsystem and path: share it.
+                let v = self.inner.volumes.lock().unwrap();
+                let o = v
+                    .values()
+                    .flat_map(|(r, _)| r.controllers.iter())
+                    .find(|o| o.name == c.name)
+                    .cloned();
+                drop(v);
+                if let Some(o) = o {
+                    record.controllers.push(o);
+                    self.store(record.clone(), &topo)?;
+                    continue;
+                }
+            }
+            guard.check()?;
+            let (f, line) = (self.inner.fabrics.clone(), a.to_string());
+            tracing::debug!(VOLUME = id.as_str(), "writing to /dev/nvme-fabrics: {}", a.redacted());
+            let write = tokio::task::spawn_blocking(move || f.connect(&line));
+            let reply = tokio::select! {
+                r = write => r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+                e = guard.invalidated() => return Err(e.into()),
+            };
+            let reply = reply.map_err(|source| {
+                let what = format!("connecting to {} at {}", a.nqn, a.path);
+                if source.raw_os_error() == Some(nix::libc::EALREADY) {
+                    NvmeError::Busy(format!("{what}: the kernel already has this connection (made outside volfence?)"))
+                } else {
+                    NvmeError::Kernel { what, source }
+                }
+            })?;
+            let parsed = parse_fabrics_reply(&reply).ok_or_else(|| NvmeError::Kernel {
+                what: format!("connecting to {} at {}", a.nqn, a.path),
+                source: std::io::Error::other(format!("unexpected reply from /dev/nvme-fabrics: {reply:?}")),
+            })?;
+            let name = format!("nvme{}", parsed.instance);
+            created.push(name.clone());
+            record.controllers.push(OwnedCtrl {
+                name: name.clone(),
+                cntlid: parsed.cntlid,
+                path: a.path.clone(),
+            });
+            self.store(record.clone(), &self.rescan())?;
+            tracing::info!(VOLUME = id.as_str(), EPOCH = guard.epoch(), "volume {id}: controller {name} (cntlid {}) to {} at {}", parsed.cntlid, a.nqn, a.path);
+        }
+        Ok(())
+    }
+
+    /// Waits, on udev events only, until the namespace's block device exists and udev has
+    /// processed it (a by-id link, or an event for it).
+    async fn wait_for_device(
+        &self,
+        guard: &FenceGuard,
+        record: &Record,
+        events: &mut broadcast::Receiver<Uevent>,
+        timeout: Duration,
+    ) -> Result<Arc<Topology>, NvmeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
+        let mut processed: HashSet<String> = HashSet::new();
+        loop {
+            let topo = self.rescan();
+            if let Some(ns) = select(&topo, &record.target, &names) {
+                let dev_exists = self.inner.host.path("/dev").join(&ns.block).exists();
+                if dev_exists
+                    && (processed.contains(&ns.block)
+                        || sysfs::stable_link(&self.inner.host, ns).is_some())
+                {
+                    return Ok(topo);
+                }
+            }
+            let ev = tokio::select! {
+                r = events.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(self.timeout_error(record, &topo, &names, timeout));
+                }
+                e = guard.invalidated() => return Err(e.into()),
+            };
+            if let Ok(ev) = ev {
+                if ev.subsystem == "block" && ev.action != "remove" {
+                    processed.insert(ev.sysname);
+                }
+            }
+        }
+    }
+
+    fn timeout_error(&self, record: &Record, topo: &Topology, names: &[String], t: Duration) -> NvmeError {
+        let live = names
+            .iter()
+            .filter(|n| topo.controllers.get(*n).is_some_and(|c| c.state == CtrlState::Live))
+            .count();
+        let in_subsys: Vec<String> = topo
+            .namespaces
+            .iter()
+            .filter(|n| n.subsysnqn == record.target.nqn)
+            .map(|n| format!("nsid {}", n.nsid))
+            .collect();
+        if live > 0 && select(topo, &record.target, names).is_none() && !in_subsys.is_empty() {
+            NvmeError::NotFound(format!(
+                "subsystem {} has no namespace with {} (it has {})",
+                record.target.nqn,
+                record.target.namespace,
+                in_subsys.join(", ")
+            ))
+        } else {
+            NvmeError::Timeout(format!(
+                "volume {}: the block device for {} {} did not appear (udev-processed) within {t:?}",
+                record.volume_id, record.target.nqn, record.target.namespace
+            ))
+        }
+    }
+
+    /// Disconnects a volume: deletes its controllers (those no other volume uses), waits until
+    /// they and the block device are gone, forgets the record. Disconnecting what is not
+    /// connected succeeds. Needs no guard: this is how a host fences itself.
+    pub async fn disconnect(&self, id: &str, timeout: Option<Duration>) -> Result<(), NvmeError> {
+        let started = Instant::now();
+        let result = self.disconnect_inner(id, timeout, false).await;
+        if let Some(m) = &self.inner.metrics {
+            m.observe_nvme("disconnect", started.elapsed(), result.as_ref().err().map(NvmeError::reason));
+        }
+        result
+    }
+
+    async fn disconnect_inner(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+        wait_for_lock: bool,
+    ) -> Result<(), NvmeError> {
+        validate_volume_id(id)?;
+        let lock = Self::lock_for(&self.inner.volume_locks, id);
+        let _held = if wait_for_lock {
+            lock.lock().await
+        } else {
+            lock.try_lock().map_err(|_| {
+                NvmeError::Busy(format!(
+                    "volume {id}: another connect or disconnect of it is running"
+                ))
+            })?
+        };
+        let Some(mut record) = self.inner.volumes.lock().unwrap().get(id).map(|(r, _)| r.clone()) else {
+            return Ok(());
+        };
+        let mut events = self.inner.events.subscribe();
+        record.phase = Phase::Disconnecting;
+        let topo = self.rescan();
+        self.store(record.clone(), &topo)?;
+        let others = self.owned_names(Some(id));
+        let device = select(&topo, &record.target, &record.controllers.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+            .map(|n| n.block.clone());
+        let mine: Vec<String> = record
+            .controllers
+            .iter()
+            .filter(|o| !others.contains(&o.name))
+            .filter(|o| topo.controllers.get(&o.name).is_some_and(|c| is_same(c, o, &record.target.nqn)))
+            .map(|o| o.name.clone())
+            .collect();
+        for name in &mine {
+            self.delete_blocking(name).await?;
+        }
+        // The kernel's delete is synchronous; the block device's removal is not always.
+        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(self.inner.defaults.connect_timeout);
+        let sole_user = mine.len() == record.controllers.len();
+        loop {
+            let topo = self.rescan();
+            let ctrls_gone = mine.iter().all(|n| !topo.controllers.contains_key(n));
+            let dev_gone = !sole_user
+                || device.as_ref().is_none_or(|b| {
+                    !topo.namespaces.iter().any(|n| &n.block == b)
+                        && !self.inner.host.path("/dev").join(b).exists()
+                });
+            if ctrls_gone && dev_gone {
+                break;
+            }
+            tokio::select! {
+                _ = events.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(NvmeError::Timeout(format!("volume {id}: controllers {} still present after delete", mine.join(", "))));
+                }
+            }
+        }
+        self.forget(id)?;
+        tracing::info!(VOLUME = id, "volume {id}: disconnected (deleted {})", if mine.is_empty() { "nothing".to_string() } else { mine.join(", ") });
+        Ok(())
+    }
+
+    /// Disconnects every volume (the `on_lease_loss = "disconnect"` action).
+    pub async fn disconnect_all(&self) {
+        let ids: Vec<String> = self.inner.volumes.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            // Waits for a running connect: its guard was cancelled, so it is unwinding.
+            if let Err(e) = self.disconnect_inner(&id, None, true).await {
+                tracing::error!(VOLUME = id.as_str(), "lease lost: disconnecting volume {id} failed: {e}");
+            }
+        }
+    }
+}
