@@ -279,10 +279,22 @@ impl FakeKernel {
         let g = &ns.nguid;
         w(
             &dir.join("nguid"),
-            format!("{}-{}-{}-{}-{}", &g[0..8], &g[8..12], &g[12..16], &g[16..20], &g[20..32]),
+            format!(
+                "{}-{}-{}-{}-{}",
+                &g[0..8],
+                &g[8..12],
+                &g[12..16],
+                &g[16..20],
+                &g[20..32]
+            ),
         );
         w(&dir.join("size"), (ns.size_bytes / 512).to_string());
-        let (me, block, ns, serial) = (self.clone(), block.to_string(), ns.clone(), serial.to_string());
+        let (me, block, ns, serial) = (
+            self.clone(),
+            block.to_string(),
+            ns.clone(),
+            serial.to_string(),
+        );
         Box::new(move || {
             let host = &me.inner.host;
             let dev = host.path("/dev").join(&block);
@@ -402,12 +414,35 @@ fn dir_exists_for(host: &Host, block: &str) -> bool {
 impl Fabrics for FakeKernel {
     fn connect(&self, options: &str) -> std::io::Result<String> {
         // nvmf_parse_options: comma-separated, flags without '=', unknown options rejected.
-        const FLAGS: &[&str] = &["duplicate_connect", "hdr_digest", "data_digest", "tls", "disable_sqflow"];
+        const FLAGS: &[&str] = &[
+            "duplicate_connect",
+            "hdr_digest",
+            "data_digest",
+            "tls",
+            "disable_sqflow",
+        ];
         const VALUED: &[&str] = &[
-            "transport", "traddr", "trsvcid", "nqn", "host_traddr", "host_iface", "hostnqn",
-            "hostid", "nr_io_queues", "queue_size", "keep_alive_tmo", "reconnect_delay",
-            "ctrl_loss_tmo", "fast_io_fail_tmo", "dhchap_secret", "dhchap_ctrl_secret",
-            "keyring", "tls_key", "nr_write_queues", "nr_poll_queues", "tos",
+            "transport",
+            "traddr",
+            "trsvcid",
+            "nqn",
+            "host_traddr",
+            "host_iface",
+            "hostnqn",
+            "hostid",
+            "nr_io_queues",
+            "queue_size",
+            "keep_alive_tmo",
+            "reconnect_delay",
+            "ctrl_loss_tmo",
+            "fast_io_fail_tmo",
+            "dhchap_secret",
+            "dhchap_ctrl_secret",
+            "keyring",
+            "tls_key",
+            "nr_write_queues",
+            "nr_poll_queues",
+            "tos",
         ];
         if options.contains('\n') {
             return Err(einval("newline in options"));
@@ -507,7 +542,10 @@ impl Fabrics for FakeKernel {
         w(&cdir.join("address"), addr);
         w(&cdir.join("cntlid"), cntlid.to_string());
         w(&cdir.join("hostnqn"), &hostnqn);
-        w(&cdir.join("hostid"), kv.get("hostid").cloned().unwrap_or_default());
+        w(
+            &cdir.join("hostid"),
+            kv.get("hostid").cloned().unwrap_or_default(),
+        );
         w(&cdir.join("state"), "live");
         w(&cdir.join("delete_controller"), "");
         if self.inner.multipath {
@@ -527,7 +565,10 @@ impl Fabrics for FakeKernel {
                         h
                     }
                 };
-                w(&cdir.join(format!("nvme{s}c{i}n{h}")).join("nsid"), ns.nsid.to_string());
+                w(
+                    &cdir.join(format!("nvme{s}c{i}n{h}")).join("nsid"),
+                    ns.nsid.to_string(),
+                );
             } else {
                 let h = st.next_head;
                 st.next_head += 1;

@@ -171,7 +171,11 @@ mod tests {
             format!("{}\n", id.hostnqn)
         );
         // A second start reads what the first wrote, even though the kernel's UUID changed.
-        std::fs::write(host.path(RANDOM_UUID), "00000000-0000-4000-8000-000000000000").unwrap();
+        std::fs::write(
+            host.path(RANDOM_UUID),
+            "00000000-0000-4000-8000-000000000000",
+        )
+        .unwrap();
         let (again, n, _) = load(&host, &s).unwrap();
         assert_eq!(again, id);
         assert!(matches!(n, Origin::File(_)));

@@ -1,10 +1,10 @@
 //! NVMe over Fabrics (TCP): connect, disconnect and resolve volumes through `/dev/nvme-fabrics`,
 //! sysfs and udev.
 
-pub mod nqn;
 pub mod fake;
 pub mod identity;
 pub mod kernel;
+pub mod nqn;
 pub mod options;
 pub mod sysfs;
 pub mod volumes;

@@ -244,12 +244,7 @@ fn read_dir_names(dir: &Path) -> Vec<String> {
     }
 }
 
-fn read_namespace(
-    dir: &Path,
-    block: &str,
-    subsysnqn: &str,
-    multipath: bool,
-) -> Option<Namespace> {
+fn read_namespace(dir: &Path, block: &str, subsysnqn: &str, multipath: bool) -> Option<Namespace> {
     // A namespace being torn down can vanish between readdir and read: skip it, it is gone.
     let nsid = attr(dir, "nsid")?.trim().parse().ok()?;
     let id = |n: &str| attr(dir, n).filter(|v| !v.is_empty() && !is_zero_id(v));
@@ -302,9 +297,7 @@ pub fn scan(host: &Host) -> Topology {
                     .or_default()
                     .push(name.clone());
             } else if parse_ns_name(&child).is_some() {
-                if let Some(mut ns) =
-                    read_namespace(&dir.join(&child), &child, &subsysnqn, false)
-                {
+                if let Some(mut ns) = read_namespace(&dir.join(&child), &child, &subsysnqn, false) {
                     ns.controllers.push(name.clone());
                     namespaces.push(ns);
                 }
@@ -385,7 +378,15 @@ mod tests {
 
     #[test]
     fn states() {
-        for s in ["new", "live", "resetting", "connecting", "deleting", "deleting (no IO)", "dead"] {
+        for s in [
+            "new",
+            "live",
+            "resetting",
+            "connecting",
+            "deleting",
+            "deleting (no IO)",
+            "dead",
+        ] {
             assert_eq!(CtrlState::parse(&format!("{s}\n")).as_str(), s);
         }
         assert_eq!(CtrlState::parse("bogus"), CtrlState::Unknown);

@@ -206,7 +206,10 @@ pub struct ConnectRequest {
 }
 
 fn key_string(k: &ControllerKey) -> String {
-    format!("{}|{}|{:?}|{:?}|{}", k.nqn, k.path.traddr, k.path.trsvcid, k.path.host_iface, k.hostnqn)
+    format!(
+        "{}|{}|{:?}|{:?}|{}",
+        k.nqn, k.path.traddr, k.path.trsvcid, k.path.host_iface, k.hostnqn
+    )
 }
 
 /// Does sysfs controller `c` implement connection `key`?
@@ -216,7 +219,11 @@ fn matches_key(c: &Controller, key: &ControllerKey) -> bool {
         && c.address.traddr.parse().ok() == Some(key.path.traddr)
         && c.address.trsvcid.parse().ok() == Some(key.path.trsvcid)
         && c.address.host_iface == key.path.host_iface
-        && c.address.host_traddr.as_deref().and_then(|a| a.parse().ok()) == key.path.host_traddr
+        && c.address
+            .host_traddr
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            == key.path.host_traddr
         && c.hostnqn.as_deref().is_none_or(|h| h == key.hostnqn)
 }
 
@@ -349,8 +356,15 @@ impl Volumes {
         self.inner.records_dir.join(format!("{id}.json"))
     }
 
-    fn lock_for(map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, k: &str) -> Arc<tokio::sync::Mutex<()>> {
-        map.lock().unwrap().entry(k.to_string()).or_default().clone()
+    fn lock_for(
+        map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        k: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        map.lock()
+            .unwrap()
+            .entry(k.to_string())
+            .or_default()
+            .clone()
     }
 
     fn save(&self, r: &Record) -> Result<(), HostError> {
@@ -371,7 +385,10 @@ impl Volumes {
         }
         let removed = self.inner.volumes.lock().unwrap().remove(id).is_some();
         if removed {
-            let _ = self.inner.changes.send(VolumeEvent::Removed(id.to_string()));
+            let _ = self
+                .inner
+                .changes
+                .send(VolumeEvent::Removed(id.to_string()));
         }
         Ok(())
     }
@@ -399,9 +416,16 @@ impl Volumes {
         if let Some(ev) = ev {
             let _ = self.inner.changes.send(ev);
         }
-        let was_dead = prev.map(|(_, i)| i.state == VolumeState::Dead).unwrap_or(false);
+        let was_dead = prev
+            .map(|(_, i)| i.state == VolumeState::Dead)
+            .unwrap_or(false);
         if info.state == VolumeState::Dead && !was_dead {
-            tracing::error!(VOLUME = id.as_str(), NQN = info.nqn.as_str(), "volume {id}: every path to {} is gone", info.nqn);
+            tracing::error!(
+                VOLUME = id.as_str(),
+                NQN = info.nqn.as_str(),
+                "volume {id}: every path to {} is gone",
+                info.nqn
+            );
             if let Some(m) = &self.inner.metrics {
                 m.nvme_volumes_lost.inc();
             }
@@ -427,7 +451,11 @@ impl Volumes {
         let live: Vec<&Controller> = r
             .controllers
             .iter()
-            .filter_map(|o| topo.controllers.get(&o.name).filter(|c| is_same(c, o, &r.target.nqn)))
+            .filter_map(|o| {
+                topo.controllers
+                    .get(&o.name)
+                    .filter(|c| is_same(c, o, &r.target.nqn))
+            })
             .collect();
         let names: Vec<String> = live.iter().map(|c| c.name.clone()).collect();
         let ns = select(topo, &r.target, &names);
@@ -531,15 +559,25 @@ impl Volumes {
                     .map_err(|e| e.to_string())
                     .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(r) if p.file_stem().and_then(|s| s.to_str()) == Some(r.volume_id.as_str()) => {
+                    Ok(r)
+                        if p.file_stem().and_then(|s| s.to_str()) == Some(r.volume_id.as_str()) =>
+                    {
                         records.push(r)
                     }
-                    Ok(r) => tracing::error!("{}: names volume {:?}, not its file name; left alone", p.display(), r.volume_id),
+                    Ok(r) => tracing::error!(
+                        "{}: names volume {:?}, not its file name; left alone",
+                        p.display(),
+                        r.volume_id
+                    ),
                     Err(e) => {
                         // Keep it for a human: never delete what cannot be read.
                         let aside = p.with_extension("json.unreadable");
                         let _ = std::fs::rename(&p, &aside);
-                        tracing::error!("{}: cannot be read ({e}); moved to {}", p.display(), aside.display());
+                        tracing::error!(
+                            "{}: cannot be read ({e}); moved to {}",
+                            p.display(),
+                            aside.display()
+                        );
                     }
                 }
             }
@@ -559,7 +597,12 @@ impl Volumes {
                     .is_some_and(|c| is_same(c, o, &r.target.nqn))
             });
             for gone in before.iter().filter(|o| !r.controllers.contains(o)) {
-                tracing::warn!(VOLUME = r.volume_id.as_str(), "volume {}: controller {} is gone", r.volume_id, gone.name);
+                tracing::warn!(
+                    VOLUME = r.volume_id.as_str(),
+                    "volume {}: controller {} is gone",
+                    r.volume_id,
+                    gone.name
+                );
             }
             if r.phase == Phase::Connecting {
                 // The kernel may have made a controller whose reply the previous agent never
@@ -573,12 +616,15 @@ impl Volumes {
                         path: path.clone(),
                         hostnqn: r.hostnqn.clone(),
                     };
-                    if let Some(c) = topo
-                        .controllers
-                        .values()
-                        .find(|c| c.state.is_alive() && !claimed.contains(&c.name) && matches_key(c, &key))
-                    {
-                        tracing::info!(VOLUME = r.volume_id.as_str(), "volume {}: adopting {} left by an interrupted connect", r.volume_id, c.name);
+                    if let Some(c) = topo.controllers.values().find(|c| {
+                        c.state.is_alive() && !claimed.contains(&c.name) && matches_key(c, &key)
+                    }) {
+                        tracing::info!(
+                            VOLUME = r.volume_id.as_str(),
+                            "volume {}: adopting {} left by an interrupted connect",
+                            r.volume_id,
+                            c.name
+                        );
                         claimed.insert(c.name.clone());
                         r.controllers.push(OwnedCtrl {
                             name: c.name.clone(),
@@ -598,14 +644,33 @@ impl Volumes {
                 disconnecting.push(r.volume_id.clone());
             }
             let info = self.store(r, &topo)?;
-            tracing::info!(VOLUME = info.volume_id.as_str(), "volume {}: {} ({})", info.volume_id, info.state.as_str(), if info.device.is_empty() { "no device" } else { info.device.as_str() });
+            tracing::info!(
+                VOLUME = info.volume_id.as_str(),
+                "volume {}: {} ({})",
+                info.volume_id,
+                info.state.as_str(),
+                if info.device.is_empty() {
+                    "no device"
+                } else {
+                    info.device.as_str()
+                }
+            );
         }
         for id in disconnecting {
-            tracing::info!(VOLUME = id.as_str(), "volume {id}: finishing an interrupted disconnect");
+            tracing::info!(
+                VOLUME = id.as_str(),
+                "volume {id}: finishing an interrupted disconnect"
+            );
             self.disconnect(&id, None).await?;
         }
         for c in self.foreign_controllers() {
-            tracing::warn!("controller {} to {} at {}:{} was not made by volfence: left alone", c.name, c.subsysnqn, c.address.traddr, c.address.trsvcid);
+            tracing::warn!(
+                "controller {} to {} at {}:{} was not made by volfence: left alone",
+                c.name,
+                c.subsysnqn,
+                c.address.traddr,
+                c.address.trsvcid
+            );
         }
         Ok(())
     }
@@ -619,7 +684,11 @@ impl Volumes {
         let started = Instant::now();
         let result = self.connect_inner(guard, req).await;
         if let Some(m) = &self.inner.metrics {
-            m.observe_nvme("connect", started.elapsed(), result.as_ref().err().map(NvmeError::reason));
+            m.observe_nvme(
+                "connect",
+                started.elapsed(),
+                result.as_ref().err().map(NvmeError::reason),
+            );
         }
         result
     }
@@ -654,18 +723,31 @@ impl Volumes {
         guard.check()?;
         // Subscribed before anything happens, so no event can slip between a check and a wait.
         let mut events = self.inner.events.subscribe();
-        let existing = self.inner.volumes.lock().unwrap().get(id).map(|(r, _)| r.clone());
+        let existing = self
+            .inner
+            .volumes
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(r, _)| r.clone());
         let mut record = match existing {
             Some(r) if r.target != req.target => {
                 return Err(NvmeError::Busy(format!(
                     "volume {id} is connected to {} {} at {}; disconnect it first",
                     r.target.nqn,
                     r.target.namespace,
-                    r.target.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                    r.target
+                        .paths
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
             Some(r) if r.phase == Phase::Disconnecting => {
-                return Err(NvmeError::Busy(format!("volume {id} is being disconnected")))
+                return Err(NvmeError::Busy(format!(
+                    "volume {id} is being disconnected"
+                )))
             }
             Some(r) => r,
             None => Record {
@@ -684,8 +766,12 @@ impl Volumes {
             .await;
         let outcome = match outcome {
             Ok(()) => {
-                let timeout = req.overrides.timeout.unwrap_or(self.inner.defaults.connect_timeout);
-                self.wait_for_device(guard, &record, &mut events, timeout).await
+                let timeout = req
+                    .overrides
+                    .timeout
+                    .unwrap_or(self.inner.defaults.connect_timeout);
+                self.wait_for_device(guard, &record, &mut events, timeout)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -695,7 +781,14 @@ impl Volumes {
                 record.epoch = guard.epoch();
                 let info = self.store(record, &topo)?;
                 if !was_connected {
-                    tracing::info!(VOLUME = id, EPOCH = guard.epoch(), "volume {id}: connected {} as {} ({})", info.nqn, info.device, info.stable_path);
+                    tracing::info!(
+                        VOLUME = id,
+                        EPOCH = guard.epoch(),
+                        "volume {id}: connected {} as {} ({})",
+                        info.nqn,
+                        info.device,
+                        info.stable_path
+                    );
                 }
                 Ok(info)
             }
@@ -760,7 +853,11 @@ impl Volumes {
             let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
             let _k = klock.lock().await;
             let topo = self.rescan();
-            let owned_here: Vec<&OwnedCtrl> = record.controllers.iter().filter(|o| o.path == a.path).collect();
+            let owned_here: Vec<&OwnedCtrl> = record
+                .controllers
+                .iter()
+                .filter(|o| o.path == a.path)
+                .collect();
             if owned_here.iter().any(|o| {
                 topo.controllers
                     .get(&o.name)
@@ -798,7 +895,11 @@ impl Volumes {
             }
             guard.check()?;
             let (f, line) = (self.inner.fabrics.clone(), a.to_string());
-            tracing::debug!(VOLUME = id.as_str(), "writing to /dev/nvme-fabrics: {}", a.redacted());
+            tracing::debug!(
+                VOLUME = id.as_str(),
+                "writing to /dev/nvme-fabrics: {}",
+                a.redacted()
+            );
             let write = tokio::task::spawn_blocking(move || f.connect(&line));
             let reply = tokio::select! {
                 r = write => r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
@@ -807,14 +908,18 @@ impl Volumes {
             let reply = reply.map_err(|source| {
                 let what = format!("connecting to {} at {}", a.nqn, a.path);
                 if source.raw_os_error() == Some(nix::libc::EALREADY) {
-                    NvmeError::Busy(format!("{what}: the kernel already has this connection (made outside volfence?)"))
+                    NvmeError::Busy(format!(
+                        "{what}: the kernel already has this connection (made outside volfence?)"
+                    ))
                 } else {
                     NvmeError::Kernel { what, source }
                 }
             })?;
             let parsed = parse_fabrics_reply(&reply).ok_or_else(|| NvmeError::Kernel {
                 what: format!("connecting to {} at {}", a.nqn, a.path),
-                source: std::io::Error::other(format!("unexpected reply from /dev/nvme-fabrics: {reply:?}")),
+                source: std::io::Error::other(format!(
+                    "unexpected reply from /dev/nvme-fabrics: {reply:?}"
+                )),
             })?;
             let name = format!("nvme{}", parsed.instance);
             created.push(name.clone());
@@ -824,7 +929,14 @@ impl Volumes {
                 path: a.path.clone(),
             });
             self.store(record.clone(), &self.rescan())?;
-            tracing::info!(VOLUME = id.as_str(), EPOCH = guard.epoch(), "volume {id}: controller {name} (cntlid {}) to {} at {}", parsed.cntlid, a.nqn, a.path);
+            tracing::info!(
+                VOLUME = id.as_str(),
+                EPOCH = guard.epoch(),
+                "volume {id}: controller {name} (cntlid {}) to {} at {}",
+                parsed.cntlid,
+                a.nqn,
+                a.path
+            );
         }
         Ok(())
     }
@@ -867,10 +979,20 @@ impl Volumes {
         }
     }
 
-    fn timeout_error(&self, record: &Record, topo: &Topology, names: &[String], t: Duration) -> NvmeError {
+    fn timeout_error(
+        &self,
+        record: &Record,
+        topo: &Topology,
+        names: &[String],
+        t: Duration,
+    ) -> NvmeError {
         let live = names
             .iter()
-            .filter(|n| topo.controllers.get(*n).is_some_and(|c| c.state == CtrlState::Live))
+            .filter(|n| {
+                topo.controllers
+                    .get(*n)
+                    .is_some_and(|c| c.state == CtrlState::Live)
+            })
             .count();
         let in_subsys: Vec<String> = topo
             .namespaces
@@ -900,7 +1022,11 @@ impl Volumes {
         let started = Instant::now();
         let result = self.disconnect_inner(id, timeout, false).await;
         if let Some(m) = &self.inner.metrics {
-            m.observe_nvme("disconnect", started.elapsed(), result.as_ref().err().map(NvmeError::reason));
+            m.observe_nvme(
+                "disconnect",
+                started.elapsed(),
+                result.as_ref().err().map(NvmeError::reason),
+            );
         }
         result
     }
@@ -922,7 +1048,14 @@ impl Volumes {
                 ))
             })?
         };
-        let Some(mut record) = self.inner.volumes.lock().unwrap().get(id).map(|(r, _)| r.clone()) else {
+        let Some(mut record) = self
+            .inner
+            .volumes
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(r, _)| r.clone())
+        else {
             return Ok(());
         };
         let mut events = self.inner.events.subscribe();
@@ -930,20 +1063,33 @@ impl Volumes {
         let topo = self.rescan();
         self.store(record.clone(), &topo)?;
         let others = self.owned_names(Some(id));
-        let device = select(&topo, &record.target, &record.controllers.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
-            .map(|n| n.block.clone());
+        let device = select(
+            &topo,
+            &record.target,
+            &record
+                .controllers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>(),
+        )
+        .map(|n| n.block.clone());
         let mine: Vec<String> = record
             .controllers
             .iter()
             .filter(|o| !others.contains(&o.name))
-            .filter(|o| topo.controllers.get(&o.name).is_some_and(|c| is_same(c, o, &record.target.nqn)))
+            .filter(|o| {
+                topo.controllers
+                    .get(&o.name)
+                    .is_some_and(|c| is_same(c, o, &record.target.nqn))
+            })
             .map(|o| o.name.clone())
             .collect();
         for name in &mine {
             self.delete_blocking(name).await?;
         }
         // The kernel's delete is synchronous; the block device's removal is not always.
-        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(self.inner.defaults.connect_timeout);
+        let deadline =
+            tokio::time::Instant::now() + timeout.unwrap_or(self.inner.defaults.connect_timeout);
         let sole_user = mine.len() == record.controllers.len();
         loop {
             let topo = self.rescan();
@@ -964,7 +1110,15 @@ impl Volumes {
             }
         }
         self.forget(id)?;
-        tracing::info!(VOLUME = id, "volume {id}: disconnected (deleted {})", if mine.is_empty() { "nothing".to_string() } else { mine.join(", ") });
+        tracing::info!(
+            VOLUME = id,
+            "volume {id}: disconnected (deleted {})",
+            if mine.is_empty() {
+                "nothing".to_string()
+            } else {
+                mine.join(", ")
+            }
+        );
         Ok(())
     }
 
@@ -974,7 +1128,10 @@ impl Volumes {
         for id in ids {
             // Waits for a running connect: its guard was cancelled, so it is unwinding.
             if let Err(e) = self.disconnect_inner(&id, None, true).await {
-                tracing::error!(VOLUME = id.as_str(), "lease lost: disconnecting volume {id} failed: {e}");
+                tracing::error!(
+                    VOLUME = id.as_str(),
+                    "lease lost: disconnecting volume {id} failed: {e}"
+                );
             }
         }
     }

@@ -1,0 +1,537 @@
+//! NVMe volumes: the same bodies against the fake kernel (`cargo test`) and, in the VM, against a
+//! real nvmet-tcp target (`VOLFENCE_REAL_KERNEL=1 <this test binary> --test-threads=1`).
+
+mod nvme_env;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use nvme_env::{target, Env, MIB};
+use volfence::nvme::options::{parse_overrides, parse_target, OptValue};
+use volfence::nvme::volumes::{ConnectRequest, NvmeError, VolumeEvent, VolumeState, Volumes};
+
+fn req(id: &str, t: BTreeMap<String, OptValue>, o: &[(&str, OptValue)]) -> ConnectRequest {
+    let o: BTreeMap<String, OptValue> = o.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    ConnectRequest {
+        volume_id: id.into(),
+        target: parse_target(&t).unwrap(),
+        overrides: parse_overrides(&o).unwrap(),
+    }
+}
+
+fn nsid(n: i64) -> (&'static str, OptValue) {
+    ("nsid", OptValue::Int(n))
+}
+
+async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn io_roundtrip(env: &Env, dev: &str, offset: u64, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(env.dev(dev))
+        .unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_resolve_io_idempotent_disconnect() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:basic";
+    env.add_target(nqn, &[4420], &[1], 64 * MIB);
+    let v = env.volumes();
+    let info = v
+        .connect(
+            &env.guard(),
+            req("vol-basic", target(nqn, &[4420], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.state, VolumeState::Live, "{info:?}");
+    assert!(info.device.starts_with("/dev/nvme"), "{info:?}");
+    assert!(
+        info.stable_path.starts_with("/dev/disk/by-id/nvme-"),
+        "{info:?}"
+    );
+    assert_eq!(info.size_bytes, 64 * MIB);
+    assert_eq!((info.nsid, info.paths.len()), (1, 1));
+    assert!(!info.uuid.is_empty());
+    io_roundtrip(&env, &info.device, 4096, b"volfence-through-nvme-tcp");
+    // The stable path reaches the same device.
+    assert_eq!(
+        std::fs::canonicalize(env.dev(&info.stable_path)).unwrap(),
+        std::fs::canonicalize(env.dev(&info.device)).unwrap()
+    );
+
+    // Resolution by UUID through the cache gives the same namespace.
+    let ns = v
+        .resolve(
+            nqn,
+            &volfence::nvme::options::Selector::Uuid(info.uuid.clone()),
+        )
+        .unwrap();
+    assert_eq!(format!("/dev/{}", ns.block), info.device);
+
+    // Idempotent: the same request again reuses the controller.
+    let before = env.controllers_of(nqn);
+    let again = v
+        .connect(
+            &env.guard(),
+            req("vol-basic", target(nqn, &[4420], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.device, info.device);
+    assert_eq!(env.controllers_of(nqn), before);
+    assert_eq!(before.len(), 1);
+
+    // The same volume id for another namespace is refused, naming what it is connected to.
+    let e = v
+        .connect(
+            &env.guard(),
+            req("vol-basic", target(nqn, &[4420], nsid(2)), &[]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, NvmeError::Busy(_)) && e.to_string().contains("disconnect it first"),
+        "{e}"
+    );
+
+    v.disconnect("vol-basic", None).await.unwrap();
+    assert!(env.controllers_of(nqn).is_empty());
+    assert!(!env.dev(&info.device).exists() || real_reused(&env, &info.device));
+    assert!(v.list().is_empty());
+    // Disconnecting what is not connected succeeds.
+    v.disconnect("vol-basic", None).await.unwrap();
+
+    // Connect by UUID this time.
+    let by_uuid = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-basic",
+                target(nqn, &[4420], ("uuid", OptValue::Str(info.uuid.clone()))),
+                &[],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_uuid.uuid, info.uuid);
+    v.disconnect("vol-basic", None).await.unwrap();
+}
+
+/// On the real kernel another test may have been handed the same name since.
+fn real_reused(_env: &Env, _dev: &str) -> bool {
+    nvme_env::real()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipath_two_paths_one_device() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:mpath";
+    env.add_target(nqn, &[4430, 4431], &[1], 32 * MIB);
+    let v = env.volumes();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (v, s) = (v.clone(), shutdown.clone());
+        async move { v.watch(s).await }
+    });
+    let info = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-mp",
+                target(nqn, &[4430, 4431], nsid(1)),
+                &[
+                    ("ctrl_loss_tmo", OptValue::Int(3)),
+                    ("reconnect_delay", OptValue::Int(1)),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.paths.len(), 2, "{info:?}");
+    assert_eq!(env.controllers_of(nqn).len(), 2);
+    assert_eq!(info.state, VolumeState::Live);
+    io_roundtrip(&env, &info.device, 0, b"two-paths");
+
+    // One path's port goes away: degraded, then that controller is given up after ctrl_loss_tmo;
+    // the device stays, through the other path.
+    env.set_port(nqn, 4431, false);
+    until("degraded", 20, || {
+        v.get("vol-mp")
+            .is_some_and(|i| i.state == VolumeState::Degraded)
+    })
+    .await;
+    until("one controller left", 30, || {
+        env.controllers_of(nqn).len() == 1
+    })
+    .await;
+    let now = v.get("vol-mp").unwrap();
+    assert_eq!(now.device, info.device);
+    io_roundtrip(&env, &info.device, 8192, b"still-writable");
+    env.set_port(nqn, 4431, true);
+    v.disconnect("vol-mp", None).await.unwrap();
+    assert!(env.controllers_of(nqn).is_empty());
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_share_a_controller() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:twons";
+    env.add_target(nqn, &[4440], &[1, 2], 16 * MIB);
+    let v = env.volumes();
+    let a = v
+        .connect(
+            &env.guard(),
+            req("vol-ns1", target(nqn, &[4440], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    let b = v
+        .connect(
+            &env.guard(),
+            req("vol-ns2", target(nqn, &[4440], nsid(2)), &[]),
+        )
+        .await
+        .unwrap();
+    assert_ne!(a.device, b.device);
+    assert_eq!((a.nsid, b.nsid), (1, 2));
+    assert_eq!(
+        env.controllers_of(nqn).len(),
+        1,
+        "one controller serves both namespaces"
+    );
+    v.disconnect("vol-ns1", None).await.unwrap();
+    assert_eq!(env.controllers_of(nqn).len(), 1, "still used by vol-ns2");
+    v.refresh();
+    let b2 = v.get("vol-ns2").unwrap();
+    assert_eq!(
+        (b2.state, b2.device.as_str()),
+        (VolumeState::Live, b.device.as_str())
+    );
+    io_roundtrip(&env, &b.device, 0, b"ns2");
+    v.disconnect("vol-ns2", None).await.unwrap();
+    assert!(env.controllers_of(nqn).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_and_does_not_reconnect() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:restart";
+    env.add_target(nqn, &[4450], &[1], 16 * MIB);
+    let first = env.volumes();
+    let info = first
+        .connect(
+            &env.guard(),
+            req("vol-r", target(nqn, &[4450], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    let ctrls = env.controllers_of(nqn);
+    drop(first); // the agent dies; the kernel keeps the controller
+    let second = env.volumes();
+    second.recover().await.unwrap();
+    let after = second.get("vol-r").expect("adopted from the record");
+    assert_eq!(
+        (after.state, after.device.as_str()),
+        (VolumeState::Live, info.device.as_str())
+    );
+    assert_eq!(env.controllers_of(nqn), ctrls, "nothing reconnected");
+    assert!(!second
+        .foreign_controllers()
+        .iter()
+        .any(|c| c.subsysnqn == nqn));
+    second.disconnect("vol-r", None).await.unwrap();
+    assert!(env.controllers_of(nqn).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_target_is_reported_and_nothing_hangs() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:dead";
+    env.add_target(nqn, &[4460], &[1], 16 * MIB);
+    let v = env.volumes();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (v, s) = (v.clone(), shutdown.clone());
+        async move { v.watch(s).await }
+    });
+    let mut changes = v.subscribe();
+    v.connect(
+        &env.guard(),
+        req(
+            "vol-dead",
+            target(nqn, &[4460], nsid(1)),
+            &[
+                ("ctrl_loss_tmo", OptValue::Int(2)),
+                ("reconnect_delay", OptValue::Int(1)),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    env.set_port(nqn, 4460, false);
+    let lost = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match changes.recv().await {
+                Ok(VolumeEvent::Lost(id)) => return id,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("VolumeEvent::Lost within 40 s");
+    assert_eq!(lost, "vol-dead");
+    let i = v.get("vol-dead").unwrap();
+    assert_eq!(i.state, VolumeState::Dead);
+    assert!(i.paths.iter().all(|p| p.state == "gone"), "{i:?}");
+    // Disconnect of a dead volume: nothing to delete, the record goes.
+    tokio::time::timeout(Duration::from_secs(10), v.disconnect("vol-dead", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v.get("vol-dead").is_none());
+    env.set_port(nqn, 4460, true);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_controllers_are_left_alone() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:foreign";
+    env.add_target(nqn, &[4470], &[1], 16 * MIB);
+    let foreign = env.foreign_connect(nqn, 4470);
+    let v = env.volumes();
+    v.recover().await.unwrap();
+    assert!(v.foreign_controllers().iter().any(|c| c.name == foreign));
+    let e = v
+        .connect(
+            &env.guard(),
+            req("vol-f", target(nqn, &[4470], nsid(1)), &[]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NvmeError::Busy(_)), "{e}");
+    assert!(
+        e.to_string().contains(&foreign) && e.to_string().contains("not made by volfence"),
+        "{e}"
+    );
+    assert!(v.list().is_empty(), "a refused connect leaves no record");
+    v.disconnect_all().await;
+    v.disconnect("vol-f", None).await.unwrap();
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(foreign.clone(), "live".to_string())]
+    );
+    env.delete_controller(&foreign);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_namespace_times_out_without_leaking() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:nons";
+    env.add_target(nqn, &[4480], &[1], 16 * MIB);
+    let v = env.volumes();
+    let e = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-x",
+                target(nqn, &[4480], nsid(7)),
+                &[("timeout_ms", OptValue::Int(3000))],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NvmeError::NotFound(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no namespace with nsid 7 (it has nsid 1)"),
+        "{e}"
+    );
+    assert!(
+        env.controllers_of(nqn).is_empty(),
+        "the controller made for it was deleted"
+    );
+    assert!(v.list().is_empty());
+    // A port nobody listens on: the kernel's refusal, named.
+    let e = v
+        .connect(
+            &env.guard(),
+            req("vol-y", target(nqn, &[4489], nsid(1)), &[]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NvmeError::Kernel { .. }), "{e}");
+    assert!(e.to_string().contains("127.0.0.1:4489"), "{e}");
+    assert!(v.list().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_connects_do_not_block_each_other() {
+    let env = Env::new().await;
+    let n = 6;
+    for i in 0..n {
+        env.add_target(
+            &format!("nqn.2024-01.io.volfence.test:par{i}"),
+            &[4490],
+            &[1],
+            8 * MIB,
+        );
+    }
+    let v = env.volumes();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (v, g) = (v.clone(), env.guard());
+        let nqn = format!("nqn.2024-01.io.volfence.test:par{i}");
+        tasks.push(tokio::spawn(async move {
+            v.connect(
+                &g,
+                req(&format!("vol-p{i}"), target(&nqn, &[4490], nsid(1)), &[]),
+            )
+            .await
+        }));
+    }
+    // One bad request among them fails alone.
+    let bad = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-bad",
+                target("nqn.2024-01.io.volfence.test:absent", &[4490], nsid(1)),
+                &[],
+            ),
+        )
+        .await;
+    assert!(bad.is_err());
+    let mut devices = std::collections::HashSet::new();
+    for t in tasks {
+        let info = t.await.unwrap().unwrap();
+        assert_eq!(info.state, VolumeState::Live);
+        devices.insert(info.device);
+    }
+    assert_eq!(devices.len(), n);
+    for i in 0..n {
+        v.disconnect(&format!("vol-p{i}"), None).await.unwrap();
+    }
+    assert!(v.list().is_empty());
+}
+
+/// Fake kernel only: the crash windows a real kernel cannot be paused in (the VM tier kills the
+/// daemon with SIGKILL instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_fabrics_write_and_reply_is_adopted() {
+    if nvme_env::real() {
+        return;
+    }
+    let env = Env::new().await;
+    let fake = env.fake().unwrap().clone();
+    let nqn = "nqn.2024-01.io.volfence.test:crash";
+    env.add_target(nqn, &[4500], &[1], 8 * MIB);
+    fake.hold_connects(true);
+    let v = env.volumes();
+    let g = env.guard();
+    let task = tokio::spawn({
+        let v = v.clone();
+        async move {
+            v.connect(&g, req("vol-c", target(nqn, &[4500], nsid(1)), &[]))
+                .await
+        }
+    });
+    until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    task.abort(); // the agent dies before reading the reply
+    let _ = task.await;
+    drop(v);
+    fake.hold_connects(false);
+    let after: Volumes = env.volumes();
+    after.recover().await.unwrap();
+    until("device", 5, || {
+        after.refresh();
+        after
+            .get("vol-c")
+            .is_some_and(|i| i.state == VolumeState::Live && !i.device.is_empty())
+    })
+    .await;
+    assert_eq!(fake.connects(), 1);
+    // The caller's retry gets the adopted volume, no second controller.
+    let again = after
+        .connect(
+            &env.guard(),
+            req("vol-c", target(nqn, &[4500], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.paths.len(), 1);
+    assert_eq!(fake.connects(), 1);
+    after.disconnect("vol-c", None).await.unwrap();
+    assert!(fake.controllers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udev_slower_than_the_kernel_is_waited_for() {
+    if nvme_env::real() {
+        return;
+    }
+    let env = Env::new().await;
+    let fake = env.fake().unwrap().clone();
+    let nqn = "nqn.2024-01.io.volfence.test:slowudev";
+    env.add_target(nqn, &[4510], &[1], 8 * MIB);
+    fake.pause_udev(true);
+    let v = env.volumes();
+    let g = env.guard();
+    let task = tokio::spawn({
+        let v = v.clone();
+        async move {
+            v.connect(&g, req("vol-u", target(nqn, &[4510], nsid(1)), &[]))
+                .await
+        }
+    });
+    until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !task.is_finished(),
+        "connect returned before udev processed the device"
+    );
+    fake.pause_udev(false);
+    let info = task.await.unwrap().unwrap();
+    assert!(
+        env.dev(&info.device).exists() && !info.stable_path.is_empty(),
+        "{info:?}"
+    );
+    v.disconnect("vol-u", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_volume_ids_are_refused_before_anything_happens() {
+    let env = Env::new().await;
+    let v = env.volumes();
+    let t = target("nqn.2024-01.io.volfence.test:x", &[4520], nsid(1));
+    for id in ["", "../etc", "a b", ".x"] {
+        let e = v
+            .connect(&env.guard(), req(id, t.clone(), &[]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("volume_id: expected"), "{e}");
+        assert!(v.disconnect(id, None).await.is_err());
+    }
+}
