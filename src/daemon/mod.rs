@@ -16,9 +16,12 @@ use crate::fence::lease::KubeLease;
 use crate::fence::record;
 use crate::fence::standalone::FileLease;
 use crate::fence::watchdog::Watchdog;
+use crate::config::LeaseLossAction;
 use crate::fence::{
-    Acquired, BackendError, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss, Timing,
+    Acquired, BackendError, BoxedUnit, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss,
+    LossHandler, Timing,
 };
+use crate::nvme::{self, volumes::Volumes};
 use crate::host::{Host, HostError};
 use crate::metrics::{self, Metrics};
 
@@ -28,6 +31,12 @@ use notify::Notifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The NVMe host identity could not be read or written.
+    #[error("NVMe host identity: {0}")]
+    Identity(#[from] nvme::identity::IdentityError),
+    /// Rebuilding the volumes from records and sysfs failed.
+    #[error("recovering NVMe volumes: {0}")]
+    Volumes(#[from] nvme::volumes::NvmeError),
     /// The host's identity files could not be read.
     #[error("cannot identify this host: {0}")]
     Host(#[from] HostError),
@@ -186,6 +195,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Some(dev) => Some(Arc::new(Watchdog::new(&host.path(dev), &timing)?)),
         None => None,
     };
+    let metrics = Arc::new(Metrics::new());
+    let volumes = start_volumes(&host, &settings, &state_dir, metrics.clone(), &mut warnings).await?;
     let (beat_notifier, beat_wd) = (notifier.clone(), hw_watchdog.clone());
     let (fence_loop, fence) = FenceLoop::new(
         backend,
@@ -201,9 +212,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
             }
         }),
-        Box::new(LogOnlyLoss),
+        Box::new(VolumeLoss(volumes.clone())),
     );
-    let metrics = Arc::new(Metrics::new());
     let fence_loop = fence_loop.with_recorder(metrics.clone());
     let runtime_dir = host.path(&settings.daemon.runtime_dir);
     let fence_loop = match record::read(&runtime_dir, &holder.boot_id) {
@@ -224,8 +234,27 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         fence_backend: settings.fence.backend.as_str().to_string(),
         bus: settings.dbus.to_string(),
         warnings,
+        hardware_watchdog: hw_watchdog.is_some(),
     };
-    let iface = dbus::serve(&conn, info, fence.clone(), log).await?;
+    let iface = dbus::serve(&conn, info, fence.clone(), log, volumes.clone()).await?;
+    {
+        let (c, v, a, s) = (conn.clone(), volumes.clone(), iface.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "dbus-volumes",
+                dbus::volumes::publish_volumes(c, v, a, s)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
+    {
+        let (v, s) = (volumes.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            v.watch(s).await;
+            ("nvme-health", Ok(()))
+        });
+    }
     tracing::info!(
         NODE = holder.node.as_str(),
         "serving {} on the {} bus",
@@ -379,4 +408,58 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     drained.map_err(|_| DaemonError::ShutdownTimeout(limit))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Host identity, the udev monitor and the volume manager, rebuilt from records and sysfs.
+async fn start_volumes(
+    host: &Host,
+    settings: &Settings,
+    state_dir: &std::path::Path,
+    metrics: Arc<Metrics>,
+    warnings: &mut Vec<String>,
+) -> Result<Volumes, DaemonError> {
+    let (identity, nqn_from, id_from) = nvme::identity::load(host, &settings.nvme)?;
+    tracing::info!(
+        "NVMe host NQN {} ({nqn_from:?}), host ID {} ({id_from:?})",
+        identity.hostnqn,
+        identity.hostid
+    );
+    let events = nvme::kernel::event_channel();
+    if let Err(e) = nvme::kernel::spawn_udev_monitor(events.clone()) {
+        let w = format!("no udev monitor ({e}): connects will wait until their deadline for devices");
+        tracing::error!("{w}");
+        warnings.push(w);
+    }
+    let volumes = Volumes::new(
+        host.clone(),
+        Arc::new(nvme::kernel::KernelFabrics::new(host.clone())),
+        events,
+        identity,
+        settings.nvme.clone(),
+        state_dir.to_path_buf(),
+        Some(metrics),
+    );
+    volumes.recover().await?;
+    let n = volumes.list().len();
+    if n > 0 && settings.fence.watchdog_device.is_none() {
+        tracing::warn!("{n} volume(s) attached and no hardware watchdog configured (fence.watchdog_device): if this agent hangs, nothing stops their I/O when the lease runs out");
+    }
+    Ok(volumes)
+}
+
+/// `on_lease_loss`: "disconnect" deletes every controller this agent holds.
+struct VolumeLoss(Volumes);
+
+impl LossHandler for VolumeLoss {
+    fn lease_lost(&self, epoch: u64, action: LeaseLossAction) -> BoxedUnit {
+        let volumes = self.0.clone();
+        Box::pin(async move {
+            LogOnlyLoss.lease_lost(epoch, action).await;
+            if action == LeaseLossAction::Disconnect {
+                let n = volumes.list().len();
+                tracing::warn!(EPOCH = epoch, "lease lost: disconnecting {n} volume(s)");
+                volumes.disconnect_all().await;
+            }
+        })
+    }
 }

@@ -14,8 +14,10 @@ use zbus::{interface, Connection, OwnedVariant, Variant};
 
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
+use crate::nvme::volumes::Volumes;
 
 pub mod client;
+pub mod volumes;
 
 /// Well-known bus name, also the interface name of the agent object.
 pub const BUS_NAME: &str = "org.volfence.Agent1";
@@ -84,6 +86,8 @@ pub struct AgentInfo {
     pub bus: String,
     /// Conditions under which the agent promises less than an operator might assume.
     pub warnings: Vec<String>,
+    /// A hardware watchdog backs the fence (without one, a hung agent leaves devices attached).
+    pub hardware_watchdog: bool,
 }
 
 /// `org.volfence.Agent1` at `/org/volfence/Agent1`.
@@ -92,6 +96,7 @@ pub struct Agent {
     fence: Fence,
     log: Arc<dyn LogControl>,
     started: StdInstant,
+    volumes: Volumes,
 }
 
 fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
@@ -180,9 +185,76 @@ impl Agent {
         );
         m.insert("LogLevel".into(), var(self.log.level()));
         m.insert("Bus".into(), var(self.info.bus.as_str()));
-        m.insert("Warnings".into(), var(self.info.warnings.clone()));
+        let vols = self.volumes.list();
+        let mut warnings = self.info.warnings.clone();
+        if !vols.is_empty() && !self.info.hardware_watchdog {
+            warnings.push(format!("{} volume(s) attached and no hardware watchdog (fence.watchdog_device): if this agent hangs, nothing stops their I/O when the lease runs out", vols.len()));
+        }
+        m.insert("Warnings".into(), var(warnings));
+        m.insert("Volumes".into(), var(vols.len() as u32));
+        let foreign: Vec<String> = self
+            .volumes
+            .foreign_controllers()
+            .iter()
+            .map(|c| format!("{} {} {}:{} {}", c.name, c.subsysnqn, c.address.traddr, c.address.trsvcid, c.state.as_str()))
+            .collect();
+        m.insert("ForeignControllers".into(), var(foreign));
+        m.insert("HostNqn".into(), var(self.volumes.identity().hostnqn.as_str()));
         m
     }
+
+    /// Connects a volume (idempotent) and waits until its block device is usable. Root only;
+    /// needs the fence. Returns the device and the same dictionary `ListVolumes` gives.
+    async fn connect(
+        &self,
+        volume_id: String,
+        target: HashMap<String, OwnedVariant>,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, HashMap<String, OwnedVariant>), Error> {
+        require_root(conn, &header).await?;
+        let req = volumes::connect_request(volume_id, target, options)?;
+        let guard = self.fence.guard()?;
+        let info = self.volumes.connect(&guard, req).await?;
+        Ok((info.device.clone(), volumes::info_dict(&info)))
+    }
+
+    /// Disconnects a volume; succeeds if it is not connected. Root only; allowed while fenced.
+    /// Options: `timeout_ms` (u/t).
+    async fn disconnect(
+        &self,
+        volume_id: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        require_root(conn, &header).await?;
+        let opts = volumes::to_options(options)?;
+        let mut timeout = None;
+        for (k, v) in opts {
+            match (k.as_str(), v) {
+                ("timeout_ms", crate::nvme::options::OptValue::Int(ms)) if ms > 0 => {
+                    timeout = Some(std::time::Duration::from_millis(ms as u64))
+                }
+                (k, v) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{k}: Disconnect knows only timeout_ms (a positive integer), found {v:?}"
+                    )))
+                }
+            }
+        }
+        Ok(self.volumes.disconnect(&volume_id, timeout).await?)
+    }
+
+    /// Every volume this agent holds, as dictionaries (see `Connect`).
+    async fn list_volumes(&self) -> Vec<HashMap<String, OwnedVariant>> {
+        self.volumes.list().iter().map(volumes::info_dict).collect()
+    }
+
+    /// Every path of a volume is gone (its controllers were given up by the kernel).
+    #[zbus(signal)]
+    async fn volume_lost(emitter: &SignalEmitter<'_>, volume_id: &str, nqn: &str) -> zbus::Result<()>;
 
     /// Changes the log filter at run time (`info`, `debug`, `volfence=trace,zbus=warn`). Root only.
     async fn set_log_level(
@@ -236,6 +308,7 @@ pub async fn serve(
     info: AgentInfo,
     fence: Fence,
     log: Arc<dyn LogControl>,
+    volumes: Volumes,
 ) -> Result<InterfaceRef<Agent>, ServeError> {
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
@@ -244,6 +317,7 @@ pub async fn serve(
         fence,
         log,
         started: StdInstant::now(),
+        volumes,
     };
     server.at(AGENT_PATH, agent).await?;
     let reply = conn

@@ -1,6 +1,7 @@
 //! Absolute host paths, in one place. Resolve them with [`super::Host::path`], never directly.
 
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+pub const RANDOM_UUID: &str = "/proc/sys/kernel/random/uuid";
 pub const HOSTNAME: &str = "/proc/sys/kernel/hostname";
 pub const STATE_DIR: &str = "/var/lib/volfence";
 pub const RUNTIME_DIR: &str = "/run/volfence";

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use super::nqn::validate_nqn;
 use super::options::{validate_uuid, HostIdentity};
 use crate::config::NvmeSettings;
+use crate::host::paths::RANDOM_UUID;
 use crate::host::{Host, HostError};
 
-/// Where the kernel hands out random UUIDs.
-const RANDOM_UUID: &str = "/proc/sys/kernel/random/uuid";
 const UUID_NQN_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
 
 #[derive(Debug, thiserror::Error)]

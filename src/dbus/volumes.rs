@@ -1,0 +1,303 @@
+//! Volumes on the bus: `Connect`/`Disconnect`/`ListVolumes` on the agent, one
+//! `org.volfence.Volume1` object per volume under `/org/volfence/Agent1/volumes/`, announced
+//! through the ObjectManager, and `VolumeLost` when every path of a volume is gone.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use tokio_util::sync::CancellationToken;
+use zbus::object_server::InterfaceRef;
+use zbus::{interface, Connection, OwnedObjectPath, OwnedVariant, Variant};
+
+use super::{var, Agent, Error};
+use crate::nvme::options::OptValue;
+use crate::nvme::volumes::{NvmeError, VolumeEvent, VolumeInfo, Volumes};
+
+pub const VOLUME_INTERFACE: &str = "org.volfence.Volume1";
+pub const VOLUMES_PATH: &str = "/org/volfence/Agent1/volumes";
+
+impl From<NvmeError> for Error {
+    fn from(e: NvmeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            NvmeError::Invalid(_) => Error::InvalidArgument(msg),
+            NvmeError::NotFenced(_) => Error::NotFenced(msg),
+            NvmeError::Busy(_) => Error::Busy(msg),
+            NvmeError::Timeout(_) => Error::Timeout(msg),
+            NvmeError::NotFound(_) => Error::DeviceNotFound(msg),
+            NvmeError::Kernel { .. } | NvmeError::Host(_) => Error::Failed(msg),
+        }
+    }
+}
+
+/// `/org/volfence/Agent1/volumes/<id>`, with every byte outside `[A-Za-z0-9]` as `_xx` (hex),
+/// as systemd escapes unit names in object paths.
+pub fn volume_path(id: &str) -> OwnedObjectPath {
+    let mut p = String::from(VOLUMES_PATH);
+    p.push('/');
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("_{b:02x}"));
+        }
+    }
+    OwnedObjectPath::try_from(p).expect("escaped paths are valid")
+}
+
+/// An `a{sv}` from the bus as checked-later option values; the key is named on a type error.
+pub fn to_options(map: HashMap<String, OwnedVariant>) -> Result<BTreeMap<String, OptValue>, Error> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let o = match &*v {
+            Variant::Str(s) => OptValue::Str(s.to_string()),
+            Variant::Bool(b) => OptValue::Bool(*b),
+            Variant::U8(n) => OptValue::Int(i64::from(*n)),
+            Variant::I16(n) => OptValue::Int(i64::from(*n)),
+            Variant::U16(n) => OptValue::Int(i64::from(*n)),
+            Variant::I32(n) => OptValue::Int(i64::from(*n)),
+            Variant::U32(n) => OptValue::Int(i64::from(*n)),
+            Variant::I64(n) => OptValue::Int(*n),
+            Variant::U64(n) => OptValue::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
+            Variant::Array(a) => {
+                let items: Option<Vec<String>> = a
+                    .inner()
+                    .iter()
+                    .map(|x| match x {
+                        Variant::Str(s) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                OptValue::StrList(items.ok_or_else(|| {
+                    Error::InvalidArgument(format!("{k}: expected an array of strings (as)"))
+                })?)
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "{k}: expected a string, integer, boolean or array of strings, found signature {}",
+                    other.value_signature()
+                )))
+            }
+        };
+        out.insert(k, o);
+    }
+    Ok(out)
+}
+
+/// A volume as an `a{sv}` (`Connect`'s reply, `ListVolumes`).
+pub fn info_dict(i: &VolumeInfo) -> HashMap<String, OwnedVariant> {
+    let mut m = HashMap::new();
+    m.insert("VolumeId".into(), var(i.volume_id.as_str()));
+    m.insert("ObjectPath".into(), var(volume_path(&i.volume_id).into_inner()));
+    m.insert("Nqn".into(), var(i.nqn.as_str()));
+    m.insert("Nsid".into(), var(i.nsid));
+    m.insert("Uuid".into(), var(i.uuid.as_str()));
+    m.insert("Nguid".into(), var(i.nguid.as_str()));
+    m.insert("Device".into(), var(i.device.as_str()));
+    m.insert("StablePath".into(), var(i.stable_path.as_str()));
+    m.insert("SizeBytes".into(), var(i.size_bytes));
+    m.insert("State".into(), var(i.state.as_str()));
+    m.insert("Paths".into(), var(paths(i)));
+    m.insert("Epoch".into(), var(i.epoch));
+    m
+}
+
+fn paths(i: &VolumeInfo) -> Vec<(String, String, String)> {
+    i.paths
+        .iter()
+        .map(|p| (p.controller.clone(), p.address.clone(), p.state.clone()))
+        .collect()
+}
+
+/// `org.volfence.Volume1`: reads the manager's current view on every get.
+pub struct VolumeObject {
+    volumes: Volumes,
+    id: String,
+}
+
+impl VolumeObject {
+    fn info(&self) -> VolumeInfo {
+        self.volumes.get(&self.id).unwrap_or_else(|| VolumeInfo {
+            volume_id: self.id.clone(),
+            nqn: String::new(),
+            nsid: 0,
+            uuid: String::new(),
+            nguid: String::new(),
+            device: String::new(),
+            stable_path: String::new(),
+            size_bytes: 0,
+            state: crate::nvme::volumes::VolumeState::Disconnecting,
+            paths: Vec::new(),
+            epoch: 0,
+        })
+    }
+}
+
+#[interface(name = "org.volfence.Volume1")]
+impl VolumeObject {
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn volume_id(&self) -> String {
+        self.id.clone()
+    }
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn nqn(&self) -> String {
+        self.info().nqn
+    }
+    #[zbus(property)]
+    fn nsid(&self) -> u32 {
+        self.info().nsid
+    }
+    #[zbus(property)]
+    fn uuid(&self) -> String {
+        self.info().uuid
+    }
+    /// `/dev/nvmeXnY`; empty while the block device is gone.
+    #[zbus(property)]
+    fn device(&self) -> String {
+        self.info().device
+    }
+    /// `/dev/disk/by-id/nvme-uuid.…`: the name to hand to a VM.
+    #[zbus(property)]
+    fn stable_path(&self) -> String {
+        self.info().stable_path
+    }
+    #[zbus(property)]
+    fn size_bytes(&self) -> u64 {
+        self.info().size_bytes
+    }
+    /// connecting | live | degraded | reconnecting | dead | disconnecting
+    #[zbus(property)]
+    fn state(&self) -> String {
+        self.info().state.as_str().to_string()
+    }
+    /// (controller, address, controller state) per path.
+    #[zbus(property)]
+    fn paths(&self) -> Vec<(String, String, String)> {
+        paths(&self.info())
+    }
+    /// Fence epoch of the connect.
+    #[zbus(property)]
+    fn epoch(&self) -> u64 {
+        self.info().epoch
+    }
+}
+
+async fn emit_changes(
+    iface: &InterfaceRef<VolumeObject>,
+    old: &VolumeInfo,
+    new: &VolumeInfo,
+) -> zbus::Result<()> {
+    let e = iface.signal_emitter();
+    let o = iface.get().await;
+    if old.nsid != new.nsid {
+        o.nsid_changed(e).await?;
+    }
+    if old.uuid != new.uuid {
+        o.uuid_changed(e).await?;
+    }
+    if old.device != new.device {
+        o.device_changed(e).await?;
+    }
+    if old.stable_path != new.stable_path {
+        o.stable_path_changed(e).await?;
+    }
+    if old.size_bytes != new.size_bytes {
+        o.size_bytes_changed(e).await?;
+    }
+    if old.state != new.state {
+        o.state_changed(e).await?;
+    }
+    if old.paths != new.paths {
+        o.paths_changed(e).await?;
+    }
+    if old.epoch != new.epoch {
+        o.epoch_changed(e).await?;
+    }
+    Ok(())
+}
+
+/// Keeps the per-volume objects in step with the manager until `shutdown`.
+pub async fn publish_volumes(
+    conn: Connection,
+    volumes: Volumes,
+    agent: InterfaceRef<Agent>,
+    shutdown: CancellationToken,
+) -> zbus::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = volumes.subscribe();
+    let server = conn.object_server();
+    let mut shown: HashMap<String, VolumeInfo> = HashMap::new();
+    let mut sync_all = true;
+    loop {
+        let mut touched: HashSet<String> = HashSet::new();
+        if sync_all {
+            let now: HashSet<String> = volumes.list().into_iter().map(|i| i.volume_id).collect();
+            touched.extend(now.iter().cloned());
+            touched.extend(shown.keys().cloned());
+            sync_all = false;
+        } else {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = rx.recv() => r,
+            };
+            match ev {
+                Ok(VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id)) => {
+                    touched.insert(id);
+                }
+                Ok(VolumeEvent::Lost(id)) => {
+                    let nqn = volumes.get(&id).map(|i| i.nqn).unwrap_or_default();
+                    Agent::volume_lost(agent.signal_emitter(), &id, &nqn).await?;
+                    continue;
+                }
+                Err(RecvError::Lagged(_)) => {
+                    sync_all = true;
+                    continue;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            }
+        }
+        for id in touched {
+            let path = volume_path(&id);
+            match (volumes.get(&id), shown.remove(&id)) {
+                (Some(now), None) => {
+                    server
+                        .at(
+                            &path,
+                            VolumeObject {
+                                volumes: volumes.clone(),
+                                id: id.clone(),
+                            },
+                        )
+                        .await?;
+                    shown.insert(id, now);
+                }
+                (Some(now), Some(old)) => {
+                    if let Ok(iface) = server.interface::<_, VolumeObject>(&path).await {
+                        emit_changes(&iface, &old, &now).await?;
+                    }
+                    shown.insert(id, now);
+                }
+                (None, Some(_)) => {
+                    server.remove::<VolumeObject, _>(&path).await?;
+                }
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+/// Parses the `Connect` arguments into a request (errors name the key).
+pub fn connect_request(
+    volume_id: String,
+    target: HashMap<String, OwnedVariant>,
+    options: HashMap<String, OwnedVariant>,
+) -> Result<crate::nvme::volumes::ConnectRequest, Error> {
+    let t = crate::nvme::options::parse_target(&to_options(target)?)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let o = crate::nvme::options::parse_overrides(&to_options(options)?)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(crate::nvme::volumes::ConnectRequest {
+        volume_id,
+        target: t,
+        overrides: o,
+    })
+}
