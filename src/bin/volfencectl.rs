@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use volfence::config::BusSpec;
-use volfence::dbus::client::{classify, describe, to_json, Agent1Proxy, Failure};
+use volfence::dbus::client::{classify, describe, dict_json, to_json, Agent1Proxy, Failure};
+use zbus::Variant;
+
+type Json = BTreeMap<String, serde_json::Value>;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +43,68 @@ enum Command {
     },
     /// Change the daemon's log filter at run time (root only), e.g. `debug` or `volfence=trace`
     SetLogLevel { level: String },
+    /// Connect an NVMe/TCP volume and wait until its block device is usable (root only)
+    Connect {
+        /// Volume id ([A-Za-z0-9._-], e.g. the PV name)
+        volume: String,
+        /// Subsystem NQN
+        #[arg(long)]
+        nqn: String,
+        /// Target address (IPv4 or IPv6)
+        #[arg(long)]
+        traddr: Option<String>,
+        /// Target port
+        #[arg(long, default_value_t = 4420, requires = "traddr")]
+        trsvcid: u16,
+        /// A further path, ADDRESS:PORT ([v6]:PORT); repeat for multipath
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Namespace id
+        #[arg(long, conflicts_with_all = ["uuid", "nguid"])]
+        nsid: Option<u32>,
+        /// Namespace UUID
+        #[arg(long, conflicts_with = "nguid")]
+        uuid: Option<String>,
+        /// Namespace NGUID
+        #[arg(long)]
+        nguid: Option<String>,
+        /// Local interface to connect from
+        #[arg(long)]
+        host_iface: Option<String>,
+        /// Local address to connect from
+        #[arg(long)]
+        host_traddr: Option<String>,
+        /// Connect option KEY=VALUE (ctrl_loss_tmo=30, nr_io_queues=4, timeout_ms=10000, ...)
+        #[arg(short = 'o', long = "option", value_parser = parse_kv)]
+        options: Vec<(String, String)>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a volume (succeeds if it is not connected; root only)
+    Disconnect {
+        volume: String,
+        /// Wait at most this long for the device to go, in milliseconds
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// List the volumes this agent holds
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one volume
+    Show {
+        volume: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, found {s:?}"))
 }
 
 fn main() -> ExitCode {
@@ -49,7 +114,12 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let bus = args.bus.to_string();
-    let timeout = Duration::from_secs(args.timeout.max(1));
+    // A connect may wait for its device up to the agent's connect_timeout (30 s by default).
+    let floor = match args.command {
+        Command::Connect { .. } | Command::Disconnect { .. } => 90,
+        _ => 1,
+    };
+    let timeout = Duration::from_secs(args.timeout.max(floor));
     match runtime.block_on(async { tokio::time::timeout(timeout, run(args)).await }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
@@ -86,8 +156,191 @@ async fn run(args: Args) -> zbus::Result<()> {
             agent.set_log_level(&level).await?;
             println!("log level set to {level}");
         }
+        Command::Connect {
+            volume,
+            nqn,
+            traddr,
+            trsvcid,
+            paths,
+            nsid,
+            uuid,
+            nguid,
+            host_iface,
+            host_traddr,
+            options,
+            json,
+        } => {
+            let mut t: std::collections::HashMap<&str, Variant<'_>> = Default::default();
+            t.insert("nqn", nqn.as_str().into());
+            if let Some(a) = &traddr {
+                t.insert("traddr", a.as_str().into());
+                t.insert("trsvcid", u32::from(trsvcid).into());
+            }
+            if !paths.is_empty() {
+                t.insert("paths", paths.clone().into());
+            }
+            if let Some(n) = nsid {
+                t.insert("nsid", n.into());
+            }
+            if let Some(u) = &uuid {
+                t.insert("uuid", u.as_str().into());
+            }
+            if let Some(g) = &nguid {
+                t.insert("nguid", g.as_str().into());
+            }
+            if let Some(i) = &host_iface {
+                t.insert("host_iface", i.as_str().into());
+            }
+            if let Some(a) = &host_traddr {
+                t.insert("host_traddr", a.as_str().into());
+            }
+            // Values go as strings; the agent parses and range-checks each, naming the key.
+            let o: std::collections::HashMap<&str, Variant<'_>> = options
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().into()))
+                .collect();
+            let (_, info) = agent.connect(&volume, t, o).await?;
+            let info = dict_json(&info);
+            if json {
+                print_json(&info);
+            } else {
+                print_volume(&info);
+            }
+        }
+        Command::Disconnect { volume, timeout_ms } => {
+            let mut o: std::collections::HashMap<&str, Variant<'_>> = Default::default();
+            if let Some(ms) = timeout_ms {
+                o.insert("timeout_ms", ms.into());
+            }
+            agent.disconnect(&volume, o).await?;
+            println!("{volume} disconnected");
+        }
+        Command::List { json } => {
+            let list: Vec<Json> = agent.list_volumes().await?.iter().map(dict_json).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("JSON values serialize")
+                );
+            } else {
+                print_table(&list);
+            }
+        }
+        Command::Show { volume, json } => {
+            let list: Vec<Json> = agent.list_volumes().await?.iter().map(dict_json).collect();
+            let Some(info) = list
+                .into_iter()
+                .find(|v| v.get("VolumeId").and_then(|v| v.as_str()) == Some(volume.as_str()))
+            else {
+                eprintln!(
+                    "volfencectl: no volume {volume:?} on this host (see `volfencectl list`)"
+                );
+                std::process::exit(Failure::Failed as i32);
+            };
+            if json {
+                print_json(&info);
+            } else {
+                print_volume(&info);
+            }
+        }
     }
     Ok(())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialize")
+    );
+}
+
+fn text(m: &Json, k: &str) -> String {
+    m.get(k)
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn path_lines(m: &Json) -> Vec<String> {
+    m.get("Paths")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_array())
+                .map(|f| {
+                    f.iter()
+                        .map(|x| x.as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn print_volume(m: &Json) {
+    let mib = m.get("SizeBytes").and_then(|v| v.as_u64()).unwrap_or(0) as f64 / (1u64 << 20) as f64;
+    println!("{}: {}", text(m, "VolumeId"), text(m, "State"));
+    println!("  device:      {}", text(m, "Device"));
+    println!("  stable path: {}", text(m, "StablePath"));
+    println!("  subsystem:   {} nsid {}", text(m, "Nqn"), text(m, "Nsid"));
+    println!("  uuid:        {}", text(m, "Uuid"));
+    println!("  size:        {mib:.1} MiB");
+    println!("  epoch:       {}", text(m, "Epoch"));
+    for p in path_lines(m) {
+        println!("  path:        {p}");
+    }
+}
+
+fn print_table(list: &[Json]) {
+    if list.is_empty() {
+        println!("no volumes");
+        return;
+    }
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|m| {
+            [
+                text(m, "VolumeId"),
+                text(m, "State"),
+                text(m, "Device"),
+                text(m, "Nsid"),
+                path_lines(m).len().to_string(),
+                text(m, "Nqn"),
+            ]
+        })
+        .collect();
+    let head = ["VOLUME", "STATE", "DEVICE", "NSID", "PATHS", "NQN"];
+    let width: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 5 {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(head.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
 }
 
 fn print_status(m: &BTreeMap<String, serde_json::Value>) {

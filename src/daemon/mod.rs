@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::LeaseLossAction;
 use crate::config::{FenceBackend, Settings};
 use crate::dbus::{self, AgentInfo, LogControl};
 use crate::fence::kube::KubeLeases;
@@ -16,14 +17,13 @@ use crate::fence::lease::KubeLease;
 use crate::fence::record;
 use crate::fence::standalone::FileLease;
 use crate::fence::watchdog::Watchdog;
-use crate::config::LeaseLossAction;
 use crate::fence::{
     Acquired, BackendError, BoxedUnit, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss,
     LossHandler, Timing,
 };
-use crate::nvme::{self, volumes::Volumes};
 use crate::host::{Host, HostError};
 use crate::metrics::{self, Metrics};
+use crate::nvme::{self, volumes::Volumes};
 
 pub mod notify;
 
@@ -196,7 +196,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let volumes = start_volumes(&host, &settings, &state_dir, metrics.clone(), &mut warnings).await?;
+    let volumes =
+        start_volumes(&host, &settings, &state_dir, metrics.clone(), &mut warnings).await?;
     let (beat_notifier, beat_wd) = (notifier.clone(), hw_watchdog.clone());
     let (fence_loop, fence) = FenceLoop::new(
         backend,
@@ -238,7 +239,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let iface = dbus::serve(&conn, info, fence.clone(), log, volumes.clone()).await?;
     {
-        let (c, v, a, s) = (conn.clone(), volumes.clone(), iface.clone(), shutdown.clone());
+        let (c, v, a, s) = (
+            conn.clone(),
+            volumes.clone(),
+            iface.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             (
                 "dbus-volumes",
@@ -426,7 +432,8 @@ async fn start_volumes(
     );
     let events = nvme::kernel::event_channel();
     if let Err(e) = nvme::kernel::spawn_udev_monitor(events.clone()) {
-        let w = format!("no udev monitor ({e}): connects will wait until their deadline for devices");
+        let w =
+            format!("no udev monitor ({e}): connects will wait until their deadline for devices");
         tracing::error!("{w}");
         warnings.push(w);
     }

@@ -12,6 +12,14 @@ use zbus::{proxy, OwnedVariant, Variant};
 pub trait Agent1 {
     fn status(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
     fn set_log_level(&self, level: &str) -> zbus::Result<()>;
+    fn connect(
+        &self,
+        volume_id: &str,
+        target: HashMap<&str, Variant<'_>>,
+        options: HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<(String, HashMap<String, OwnedVariant>)>;
+    fn disconnect(&self, volume_id: &str, options: HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    fn list_volumes(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -97,6 +105,14 @@ pub fn to_json(v: &Variant<'_>) -> serde_json::Value {
         Variant::ObjectPath(p) => J::from(p.as_str()),
         Variant::Variant(inner) => to_json(inner),
         Variant::Array(a) => J::Array(a.inner().iter().map(to_json).collect()),
+        Variant::Structure(s) => J::Array(s.fields().iter().map(to_json).collect()),
         other => J::from(format!("{other:?}")),
     }
+}
+
+/// A dictionary from the bus as JSON, keys sorted.
+pub fn dict_json(
+    m: &HashMap<String, OwnedVariant>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()
 }

@@ -196,10 +196,22 @@ impl Agent {
             .volumes
             .foreign_controllers()
             .iter()
-            .map(|c| format!("{} {} {}:{} {}", c.name, c.subsysnqn, c.address.traddr, c.address.trsvcid, c.state.as_str()))
+            .map(|c| {
+                format!(
+                    "{} {} {}:{} {}",
+                    c.name,
+                    c.subsysnqn,
+                    c.address.traddr,
+                    c.address.trsvcid,
+                    c.state.as_str()
+                )
+            })
             .collect();
         m.insert("ForeignControllers".into(), var(foreign));
-        m.insert("HostNqn".into(), var(self.volumes.identity().hostnqn.as_str()));
+        m.insert(
+            "HostNqn".into(),
+            var(self.volumes.identity().hostnqn.as_str()),
+        );
         m
     }
 
@@ -254,7 +266,11 @@ impl Agent {
 
     /// Every path of a volume is gone (its controllers were given up by the kernel).
     #[zbus(signal)]
-    async fn volume_lost(emitter: &SignalEmitter<'_>, volume_id: &str, nqn: &str) -> zbus::Result<()>;
+    async fn volume_lost(
+        emitter: &SignalEmitter<'_>,
+        volume_id: &str,
+        nqn: &str,
+    ) -> zbus::Result<()>;
 
     /// Changes the log filter at run time (`info`, `debug`, `volfence=trace,zbus=warn`). Root only.
     async fn set_log_level(

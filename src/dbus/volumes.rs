@@ -71,12 +71,10 @@ pub fn to_options(map: HashMap<String, OwnedVariant>) -> Result<BTreeMap<String,
                     Error::InvalidArgument(format!("{k}: expected an array of strings (as)"))
                 })?)
             }
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "{k}: expected a string, integer, boolean or array of strings, found signature {}",
-                    other.value_signature()
-                )))
-            }
+            other => return Err(Error::InvalidArgument(format!(
+                "{k}: expected a string, integer, boolean or array of strings, found signature {}",
+                other.value_signature()
+            ))),
         };
         out.insert(k, o);
     }
@@ -87,7 +85,10 @@ pub fn to_options(map: HashMap<String, OwnedVariant>) -> Result<BTreeMap<String,
 pub fn info_dict(i: &VolumeInfo) -> HashMap<String, OwnedVariant> {
     let mut m = HashMap::new();
     m.insert("VolumeId".into(), var(i.volume_id.as_str()));
-    m.insert("ObjectPath".into(), var(volume_path(&i.volume_id).into_inner()));
+    m.insert(
+        "ObjectPath".into(),
+        var(volume_path(&i.volume_id).into_inner()),
+    );
     m.insert("Nqn".into(), var(i.nqn.as_str()));
     m.insert("Nsid".into(), var(i.nsid));
     m.insert("Uuid".into(), var(i.uuid.as_str()));
@@ -240,7 +241,9 @@ pub async fn publish_volumes(
                 r = rx.recv() => r,
             };
             match ev {
-                Ok(VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id)) => {
+                Ok(
+                    VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id),
+                ) => {
                     touched.insert(id);
                 }
                 Ok(VolumeEvent::Lost(id)) => {
