@@ -44,6 +44,15 @@ VM_MEM=${VM_MEM:-1G}
 VOLFENCED=${VOLFENCED:-$REPO/target/release/volfenced}
 VOLFENCECTL=${VOLFENCECTL:-$REPO/target/release/volfencectl}
 VOLFENCE_EMULATOR=${VOLFENCE_EMULATOR:-$REPO/target/release/volfence-kube-emulator}
+# The NVMe test bodies (tests/nvme.rs), run in the guest against the real kernel.
+if [ -z "${VOLFENCE_NVME_TESTS:-}" ]; then
+    VOLFENCE_NVME_TESTS=$(cd "$REPO" && cargo test --test nvme --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "nvme" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+fi
 VOLFENCE_DEB=${VOLFENCE_DEB:-$REPO/target/debian/volfence_0.1.0-1_amd64.deb}
 
 T_ALL=$EPOCHREALTIME
@@ -137,13 +146,14 @@ phase kernel
 # ------------------------------------------------------------------ 3. artifacts under test
 check_artifacts() {
     local f
-    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR"; do
+    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS"; do
         [ -x "$f" ] || die "$f is missing or not executable (cargo build --release, or set VOLFENCED/VOLFENCECTL)"
     done
     [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
     # absolute paths: the guest sees the host tree at the same places
     VOLFENCED=$(readlink -f "$VOLFENCED"); VOLFENCECTL=$(readlink -f "$VOLFENCECTL")
     VOLFENCE_EMULATOR=$(readlink -f "$VOLFENCE_EMULATOR")
+    VOLFENCE_NVME_TESTS=$(readlink -f "$VOLFENCE_NVME_TESTS")
     VOLFENCE_DEB=$(readlink -f "$VOLFENCE_DEB")
     echo "[host] under test: $VOLFENCED ($("$VOLFENCED" --version 2>&1)), $VOLFENCECTL, $VOLFENCE_DEB"
 }
@@ -160,7 +170,7 @@ QEMU_OPTS="-drive if=none,id=lvmdisk,file=$DISK,format=raw,cache=unsafe -device 
 QEMU_OPTS+=" -device i6300esb"
 # --exec goes through a shell in the guest: quote every value
 GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
-    VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" \
+    VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
     VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
 GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"

@@ -1,0 +1,166 @@
+# tests/vm/cases/40-nvme.sh - NVMe/TCP volumes against the real kernel: an nvmet-tcp target on
+# 127.0.0.1 (configfs), the shared test bodies of tests/nvme.rs, the agent over the system bus
+# (connect, I/O, idempotency, disconnect), SIGKILL during connects, a foreign controller made by
+# `nvme connect`, the connect benchmark, and a capture of sysfs for the parser fixtures.
+# Needs 10-base.sh (modules, configfs, system bus) and 20-agent.sh (helpers).
+
+NVMET=/sys/kernel/config/nvmet
+VNQN=nqn.2024-01.io.volfence.vm:agent
+FNQN=nqn.2024-01.io.volfence.vm:foreign
+
+# target_add NQN PORT NSIDS... : file-backed namespaces (buffered_io: no O_DIRECT on tmpfs)
+target_add() {
+    local nqn=$1 port=$2 n; shift 2
+    local s=$NVMET/subsystems/$nqn p=$NVMET/ports/$port
+    mkdir -p "$W/nvmet" && mkdir "$s" && echo 1 > "$s/attr_allow_any_host" || return 1
+    for n in "$@"; do
+        truncate -s 64M "$W/nvmet/$port-$n.img"
+        mkdir "$s/namespaces/$n" && echo -n "$W/nvmet/$port-$n.img" > "$s/namespaces/$n/device_path" \
+            && echo 1 > "$s/namespaces/$n/buffered_io" && echo 1 > "$s/namespaces/$n/enable" || return 1
+    done
+    if [ ! -d "$p" ]; then
+        mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \
+            && echo 127.0.0.1 > "$p/addr_traddr" && echo "$port" > "$p/addr_trsvcid" || return 1
+    fi
+    ln -s "$s" "$p/subsystems/$nqn"
+}
+ctrls_of() { grep -lx -- "$1" /sys/class/nvme/nvme*/subsysnqn 2>/dev/null | awk -F/ '{print $5}'; }
+
+t_nvme_shared_bodies() {
+    [ -s /etc/nvme/hostnqn ] || { mkdir -p /etc/nvme; nvme gen-hostnqn > /etc/nvme/hostnqn; }
+    VOLFENCE_REAL_KERNEL=1 VOLFENCE_NVMET_DIR=$W/nvmet RUST_BACKTRACE=1 \
+        "$VOLFENCE_NVME_TESTS" --test-threads=1 > "$OUT/nvme-tests.log" 2>&1
+    local rc=$?
+    grep -E '^test |test result' "$OUT/nvme-tests.log"
+    [ $rc -eq 0 ] || { grep -B2 -A12 panicked "$OUT/nvme-tests.log" | head -60; return 1; }
+    grep -q 'test result: ok. 11 passed' "$OUT/nvme-tests.log"
+}
+check nvme-real-kernel-shared-test-bodies t_nvme_shared_bodies
+
+t_nvme_capture_sysfs() {
+    # Real sysfs + fabrics reply, mirrored as plain files for tests/fixtures/sysfs-nvme-6.1.
+    target_add nqn.2024-01.io.volfence.vm:capture 4700 1 2 || return 1
+    ln -s $NVMET/subsystems/nqn.2024-01.io.volfence.vm:capture $NVMET/ports/4701/subsystems/ 2>/dev/null || {
+        mkdir $NVMET/ports/4701 && echo tcp > $NVMET/ports/4701/addr_trtype && echo ipv4 > $NVMET/ports/4701/addr_adrfam \
+          && echo 127.0.0.1 > $NVMET/ports/4701/addr_traddr && echo 4701 > $NVMET/ports/4701/addr_trsvcid \
+          && ln -s $NVMET/subsystems/nqn.2024-01.io.volfence.vm:capture $NVMET/ports/4701/subsystems/; } || return 1
+    local cap=$OUT/sysfs-capture p fd reply
+    rm -rf "$cap"; mkdir -p "$cap"
+    for p in 4700 4701; do
+        exec {fd}<>/dev/nvme-fabrics
+        echo -n "transport=tcp,traddr=127.0.0.1,trsvcid=$p,nqn=nqn.2024-01.io.volfence.vm:capture,hostnqn=$(cat /etc/nvme/hostnqn)" >&$fd
+        read -r reply <&$fd; exec {fd}>&-
+        echo "$reply" >> "$cap/fabrics-replies"
+    done
+    udevadm settle -t 20
+    local c d s n a
+    for c in $(ctrls_of nqn.2024-01.io.volfence.vm:capture); do
+        d=$cap/sys/class/nvme/$c; mkdir -p "$d"
+        for a in subsysnqn transport address state cntlid hostnqn hostid; do cat /sys/class/nvme/$c/$a > "$d/$a" 2>/dev/null; done
+        for n in /sys/class/nvme/$c/nvme*; do
+            mkdir -p "$d/$(basename "$n")"; cat "$n/nsid" > "$d/$(basename "$n")/nsid" 2>/dev/null
+        done
+    done
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        grep -qx nqn.2024-01.io.volfence.vm:capture "$s/subsysnqn" || continue
+        d=$cap/sys/class/nvme-subsystem/$(basename "$s"); mkdir -p "$d"
+        cat "$s/subsysnqn" > "$d/subsysnqn"
+        for n in "$s"/nvme*n*; do
+            mkdir -p "$d/$(basename "$n")"
+            for a in nsid uuid nguid size wwid; do cat "$n/$a" > "$d/$(basename "$n")/$a" 2>/dev/null; done
+        done
+        for n in "$s"/nvme[0-9]*; do [[ $(basename "$n") =~ ^nvme[0-9]+$ ]] && mkdir -p "$d/$(basename "$n")"; done
+    done
+    ls -l /dev/disk/by-id/ | grep nvme > "$cap/by-id.txt"
+    find "$cap" -type f | sort | head -40
+    for c in $(ctrls_of nqn.2024-01.io.volfence.vm:capture); do echo 1 > /sys/class/nvme/$c/delete_controller; done
+    [ -z "$(ctrls_of nqn.2024-01.io.volfence.vm:capture)" ]
+}
+check nvme-capture-real-sysfs t_nvme_capture_sysfs
+
+t_nvme_agent() {
+    target_add "$VNQN" 4600 1 || return 1
+    target_add "$FNQN" 4600 1 || return 1
+    printf '[metrics]\nlisten = "127.0.0.1:9479"\n' > "$W/nvme-agent.toml"
+    rm -rf /var/lib/volfence /run/volfence
+    spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+    wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
+    run_rc "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    json_assert 's["State"] == "live"' 's["Device"].startswith("/dev/nvme")' 's["StablePath"].startswith("/dev/disk/by-id/nvme-uuid.")' 's["SizeBytes"] == 64 << 20' || return 1
+    local dev; dev=$(json_str Device)
+    echo "volfence-vm-io" | dd of="$dev" bs=4096 conv=sync,fsync oflag=direct status=none || return 1
+    dd if="$dev" bs=4096 count=1 iflag=direct status=none | grep -q volfence-vm-io || return 1
+    grep -q volfence-vm-io "$W/nvmet/4600-1.img" || fail "write not on the target's backing file" || return 1
+    run_rc "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    [ "$(json_str Device)" = "$dev" ] && [ "$(ctrls_of "$VNQN" | wc -l)" = 1 ] || fail "second connect was not idempotent" || return 1
+    run_rc "$VOLFENCECTL" list || return 1
+    contains "$RUN_OUT" vol-a || return 1
+    curl -s http://127.0.0.1:9479/metrics > "$W/m.txt" 2>/dev/null || /usr/bin/python3 -c 'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:9479/metrics").read().decode())' > "$W/m.txt"
+    grep -E '^volfence_nvme_(operations|volumes)' "$W/m.txt"
+    grep -q 'volfence_nvme_operations_total{op="connect",result="ok"} 2' "$W/m.txt" || fail "connect metric" || return 1
+    expect_rc 0 "$VOLFENCECTL" disconnect vol-a || return 1
+    [ -z "$(ctrls_of "$VNQN")" ] && [ ! -e "$dev" ] || fail "disconnect left $(ctrls_of "$VNQN") / $dev" || return 1
+    expect_rc 0 "$VOLFENCECTL" disconnect vol-a
+}
+check nvme-agent-connect-io-idempotent-disconnect t_nvme_agent
+
+t_nvme_foreign() {
+    nvme connect -t tcp -a 127.0.0.1 -s 4600 -n "$FNQN" || return 1
+    local f; f=$(ctrls_of "$FNQN")
+    [ -n "$f" ] || return 1
+    run_rc "$VOLFENCECTL" status --json || return 1
+    contains "$RUN_OUT" "$f $FNQN" || return 1
+    expect_rc 1 "$VOLFENCECTL" connect vol-f --nqn "$FNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 || return 1
+    contains "$RUN_OUT" "not made by volfence" || return 1
+    [ "$(cat /sys/class/nvme/$f/state)" = live ] || fail "foreign controller $f was changed" || return 1
+    nvme disconnect -n "$FNQN"
+}
+check nvme-foreign-controller-untouched t_nvme_foreign
+
+t_nvme_sigkill() {
+    local d i rc=0
+    for d in 0.05 0.2 0.5 1.0; do
+        spawn kconn "$VOLFENCECTL" connect vol-k --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1
+        nap "$d"
+        kill -KILL "$(spawned_pid nagent)"
+        wait_for 10 spawned_exited nagent
+        stop_spawned kconn 5
+        spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+        wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
+        run_rc "$VOLFENCECTL" list --json
+        i=$(ctrls_of "$VNQN" | wc -l)
+        echo "kill after ${d}s: $i controller(s); agent lists: $(grep -c '"VolumeId": "vol-k"' <<< "$RUN_OUT")"
+        if grep -q '"VolumeId": "vol-k"' <<< "$RUN_OUT"; then
+            [ "$i" -le 1 ] || { echo "duplicate controllers"; rc=1; }
+            expect_rc 0 "$VOLFENCECTL" disconnect vol-k || rc=1
+        else
+            [ "$i" -eq 0 ] || { echo "leaked controller $(ctrls_of "$VNQN") not known to the agent"; rc=1; }
+        fi
+        [ -z "$(ctrls_of "$VNQN")" ] || { echo "left: $(ctrls_of "$VNQN")"; rc=1; }
+    done
+    return $rc
+}
+check nvme-sigkill-during-connect-consistent t_nvme_sigkill
+
+t_nvme_bench() {
+    local uuid
+    run_rc "$VOLFENCECTL" connect bench-vol --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    uuid=$(json_str Uuid)
+    expect_rc 0 "$VOLFENCECTL" disconnect bench-vol || return 1
+    /usr/bin/python3 "$HERE/nvme-bench.py" "$VNQN" 4600 "$uuid" "${NVME_BENCH_ROUNDS:-20}" | tee "$OUT/nvme-bench.txt"
+    grep -q '^bench connect:' "$OUT/nvme-bench.txt"
+}
+check nvme-connect-benchmark t_nvme_bench
+
+t_nvme_teardown() {
+    stop_spawned nagent 15
+    local c n s p
+    for c in /sys/class/nvme/nvme*; do [ -e "$c/delete_controller" ] && echo 1 > "$c/delete_controller"; done
+    for p in $NVMET/ports/*; do rm -f "$p"/subsystems/*; rmdir "$p"; done
+    for s in $NVMET/subsystems/*; do
+        for n in "$s"/namespaces/*; do echo 0 > "$n/enable"; rmdir "$n"; done
+        rmdir "$s"
+    done
+    [ -z "$(ls $NVMET/subsystems)" ]
+}
+check nvme-teardown t_nvme_teardown

@@ -1,0 +1,68 @@
+#!/usr/bin/python3
+"""Connect benchmark, one process, same run, alternating: the agent's Connect over D-Bus until it
+returns a usable device, against the kernel's own path (write the options to /dev/nvme-fabrics,
+read the reply, wait until udev made the device's by-id link). Prints medians and the ratio.
+
+usage: nvme-bench.py NQN PORT UUID ROUNDS
+"""
+import os
+import statistics
+import sys
+import time
+
+import dbus
+
+nqn, port, uuid, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+link = f"/dev/disk/by-id/nvme-uuid.{uuid}"
+hostnqn = open("/etc/nvme/hostnqn").read().strip()
+hostid = open("/etc/nvme/hostid").read().strip()
+bus = dbus.SystemBus()
+agent = dbus.Interface(bus.get_object("org.volfence.Agent1", "/org/volfence/Agent1"), "org.volfence.Agent1")
+target = {"nqn": nqn, "traddr": "127.0.0.1", "trsvcid": dbus.UInt32(int(port)), "nsid": dbus.UInt32(1)}
+
+
+def wait(pred, limit=30.0):
+    # The baseline's wait: a tight check is the kernel path's best case.
+    end = time.monotonic() + limit
+    while not pred():
+        if time.monotonic() > end:
+            raise SystemExit("timed out")
+        time.sleep(0.001)
+
+
+def raw():
+    t0 = time.monotonic()
+    fd = os.open("/dev/nvme-fabrics", os.O_RDWR)
+    os.write(fd, (f"transport=tcp,traddr=127.0.0.1,trsvcid={port},nqn={nqn},"
+                  f"hostnqn={hostnqn},hostid={hostid},keep_alive_tmo=5,reconnect_delay=2,ctrl_loss_tmo=60").encode())
+    reply = os.read(fd, 256).decode()
+    os.close(fd)
+    wait(lambda: os.path.exists(link))
+    took = time.monotonic() - t0
+    inst = [f for f in reply.strip().split(",") if f.startswith("instance=")][0].split("=")[1]
+    with open(f"/sys/class/nvme/nvme{inst}/delete_controller", "w") as f:
+        f.write("1")
+    wait(lambda: not os.path.exists(link))
+    return took
+
+
+def agent_connect():
+    t0 = time.monotonic()
+    dev, info = agent.Connect("bench-vol", target, dbus.Dictionary({}, signature="sv"), timeout=60)
+    took = time.monotonic() - t0
+    assert os.path.exists(str(dev)), dev
+    agent.Disconnect("bench-vol", dbus.Dictionary({}, signature="sv"), timeout=60)
+    wait(lambda: not os.path.exists(link))
+    return took
+
+
+a, r = [], []
+raw(); agent_connect()  # warm-up, not counted
+for i in range(rounds):
+    if i % 2:
+        r.append(raw()); a.append(agent_connect())
+    else:
+        a.append(agent_connect()); r.append(raw())
+ma, mr = statistics.median(a), statistics.median(r)
+print(f"bench connect: rounds={rounds} agent_median_ms={ma*1000:.1f} raw_median_ms={mr*1000:.1f} "
+      f"ratio={ma/mr:.3f} agent_min_ms={min(a)*1000:.1f} raw_min_ms={min(r)*1000:.1f}")
