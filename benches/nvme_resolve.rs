@@ -37,7 +37,9 @@ fn main() {
     let nqn = |i: usize| format!("nqn.2024-01.io.volfence.bench:s{i:03}");
     for i in 0..SUBSYSTEMS {
         let n = nqn(i);
-        let ns = (1..=PER_SUBSYSTEM).map(|k| FakeKernel::namespace(&n, k, 1 << 30)).collect();
+        let ns = (1..=PER_SUBSYSTEM)
+            .map(|k| FakeKernel::namespace(&n, k, 1 << 30))
+            .collect();
         fake.add_target(&n, &[(local, 4420)], ns);
         fake.connect(&format!(
             "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn={n},hostnqn={},hostid={}",
@@ -56,7 +58,11 @@ fn main() {
     );
     let topo = volumes.rescan();
     assert_eq!(topo.namespaces.len(), SUBSYSTEMS * PER_SUBSYSTEM as usize);
-    let uuids: Vec<String> = topo.namespaces.iter().filter_map(|n| n.uuid.clone()).collect();
+    let uuids: Vec<String> = topo
+        .namespaces
+        .iter()
+        .filter_map(|n| n.uuid.clone())
+        .collect();
 
     // Full rescans.
     let scans: Vec<Duration> = (0..30)
@@ -91,7 +97,10 @@ fn main() {
     let per_read = t.elapsed() / lookups as u32;
 
     let scan = median(scans);
-    println!("nvme_resolve: {} namespaces in {SUBSYSTEMS} subsystems", topo.namespaces.len());
+    println!(
+        "nvme_resolve: {} namespaces in {SUBSYSTEMS} subsystems",
+        topo.namespaces.len()
+    );
     println!(
         "cached lookup by nqn+nsid: {:.2} µs (goal ≤ 50 µs, ratio to goal {:.3}); by uuid: {:.2} µs",
         per_nsid.as_secs_f64() * 1e6,

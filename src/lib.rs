@@ -8,5 +8,7 @@ pub mod fence;
 pub mod host;
 pub mod kubeemu;
 pub mod logging;
+pub mod lvm;
 pub mod metrics;
 pub mod nvme;
+pub mod snapshot;

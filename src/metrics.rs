@@ -48,6 +48,9 @@ pub struct Metrics {
     pub nvme_failures: Family<OpReason, Counter>,
     pub nvme_volumes: Family<StateLabel, Gauge>,
     pub nvme_volumes_lost: Counter,
+    pub snapshot_jobs: Family<StateLabel, Gauge>,
+    pub snapshot_step_seconds: Family<OpLabel, Histogram>,
+    pub snapshot_cow_aborts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,7 +147,32 @@ impl Metrics {
             "Times a volume lost every path",
             nvme_volumes_lost.clone(),
         );
+        let snapshot_jobs = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "snapshot_jobs",
+            "Snapshot jobs known to the agent, by phase",
+            snapshot_jobs.clone(),
+        );
+        let snapshot_step_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ])
+        });
+        registry.register(
+            "snapshot_step_duration_seconds",
+            "Time per snapshot step (create, mount, executor, cleanup)",
+            snapshot_step_seconds.clone(),
+        );
+        let snapshot_cow_aborts = Counter::default();
+        registry.register(
+            "snapshot_cow_aborts",
+            "Snapshot jobs stopped because the COW area reached snapshots.cow_abort_percent",
+            snapshot_cow_aborts.clone(),
+        );
         Metrics {
+            snapshot_jobs,
+            snapshot_step_seconds,
+            snapshot_cow_aborts,
             nvme_ops,
             nvme_op_seconds,
             nvme_failures,

@@ -24,6 +24,22 @@ impl LogControl for Level {
     }
 }
 
+/// An idle snapshot manager over the fake LVM (this test is about volumes).
+fn snapshots(env: &Env) -> volfence::snapshot::Snapshots {
+    let lvm = volfence::lvm::Lvm::new(Arc::new(volfence::lvm::fake::FakeLvm::new(
+        env.host.clone(),
+    )));
+    volfence::snapshot::Snapshots::new(
+        env.host.clone(),
+        lvm,
+        Arc::new(volfence::lvm::fake::FakeMounter::new(env.host.clone())),
+        env.settings.snapshots.clone(),
+        env.state.path(),
+        env.fence.clone(),
+        None,
+    )
+}
+
 async fn ctl(bus: &str, args: &[&str]) -> std::process::Output {
     let (bus, args): (String, Vec<String>) = (
         bus.to_string(),
@@ -58,6 +74,7 @@ async fn volumes_over_dbus_and_volfencectl() {
         env.fence.clone(),
         Arc::new(Level(Mutex::new("info".into()))),
         volumes.clone(),
+        snapshots(&env),
     )
     .await
     .unwrap();

@@ -99,6 +99,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Online snapshots of LVM volumes with a backup executor
+    #[command(subcommand)]
+    Snapshot(SnapCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapCmd {
+    /// Start a snapshot job (same request id again: the same job; root only)
+    Start {
+        request_id: String,
+        vg: String,
+        lv: String,
+        /// Thick snapshot size ("512M", "20%ORIGIN"); default from config; thin: ignored
+        #[arg(long)]
+        size: Option<String>,
+        /// Keep the snapshot mounted after the executor, until `release`
+        #[arg(long)]
+        keep: bool,
+        /// Follow the job until it ends; exit 1 if it failed
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job
+    Status {
+        request_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running job (root only)
+    Cancel { request_id: String },
+    /// Unmount and remove a kept snapshot (root only)
+    Release { request_id: String },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -117,6 +156,8 @@ fn main() -> ExitCode {
     // A connect may wait for its device up to the agent's connect_timeout (30 s by default).
     let floor = match args.command {
         Command::Connect { .. } | Command::Disconnect { .. } => 90,
+        // --wait follows a backup: no client-side limit beyond the agent's executor_timeout.
+        Command::Snapshot(SnapCmd::Start { wait: true, .. }) => 7 * 24 * 3600,
         _ => 1,
     };
     let timeout = Duration::from_secs(args.timeout.max(floor));
@@ -226,6 +267,7 @@ async fn run(args: Args) -> zbus::Result<()> {
                 print_table(&list);
             }
         }
+        Command::Snapshot(cmd) => snapshot(&conn, &agent, cmd).await?,
         Command::Show { volume, json } => {
             let list: Vec<Json> = agent.list_volumes().await?.iter().map(dict_json).collect();
             let Some(info) = list
@@ -245,6 +287,171 @@ async fn run(args: Args) -> zbus::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn find_job(agent: &Agent1Proxy<'_>, id: &str) -> zbus::Result<Option<Json>> {
+    Ok(agent
+        .list_snapshots()
+        .await?
+        .iter()
+        .map(dict_json)
+        .find(|j| j.get("RequestId").and_then(|v| v.as_str()) == Some(id)))
+}
+
+fn no_job(id: &str) -> ! {
+    eprintln!("volfencectl: no snapshot job {id:?} (see `volfencectl snapshot list`)");
+    std::process::exit(Failure::Failed as i32);
+}
+
+async fn snapshot(
+    conn: &zbus::Connection,
+    agent: &Agent1Proxy<'_>,
+    cmd: SnapCmd,
+) -> zbus::Result<()> {
+    use futures::StreamExt;
+    match cmd {
+        SnapCmd::Start {
+            request_id,
+            vg,
+            lv,
+            size,
+            keep,
+            wait,
+            json,
+        } => {
+            let mut o: std::collections::HashMap<&str, Variant<'_>> = Default::default();
+            if let Some(s) = &size {
+                o.insert("size", s.as_str().into());
+            }
+            if keep {
+                o.insert("keep", true.into());
+            }
+            let path = agent.start_snapshot(&request_id, &vg, &lv, o).await?;
+            if wait {
+                let job = volfence::dbus::client::Job1Proxy::builder(conn)
+                    .path(path.clone())
+                    .build()
+                    .await?;
+                // Subscribed before reading the phase: the end cannot slip between the two.
+                let mut done = job.receive_completed().await?;
+                let mut phases = job.receive_phase_changed().await;
+                let mut cow = job.receive_cow_percent_changed().await;
+                let mut last = String::new();
+                loop {
+                    let p = job.phase().await?;
+                    if p != last {
+                        eprintln!("{request_id}: {p} — {}", job.message().await?);
+                        last = p.clone();
+                    }
+                    if p == "succeeded" || p == "failed" {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = done.next() => {}
+                        _ = phases.next() => {}
+                        Some(c) = cow.next() => {
+                            if let Ok(c) = c.get().await { eprintln!("{request_id}: COW {c:.1}%"); }
+                        }
+                    }
+                }
+            }
+            let j = find_job(agent, &request_id)
+                .await?
+                .unwrap_or_else(|| no_job(&request_id));
+            if json {
+                print_json(&j);
+            } else {
+                print_job(&j);
+            }
+            if wait && text(&j, "Phase") == "failed" {
+                std::process::exit(Failure::Failed as i32);
+            }
+        }
+        SnapCmd::Status { request_id, json } => {
+            let j = find_job(agent, &request_id)
+                .await?
+                .unwrap_or_else(|| no_job(&request_id));
+            if json {
+                print_json(&j);
+            } else {
+                print_job(&j);
+            }
+        }
+        SnapCmd::List { json } => {
+            let list: Vec<Json> = agent
+                .list_snapshots()
+                .await?
+                .iter()
+                .map(dict_json)
+                .collect();
+            if json {
+                print_json(&list);
+            } else if list.is_empty() {
+                println!("no snapshot jobs");
+            } else {
+                println!("{:<24} {:<10} {:<24} MESSAGE", "REQUEST", "PHASE", "ORIGIN");
+                for j in &list {
+                    println!(
+                        "{:<24} {:<10} {:<24} {}",
+                        text(j, "RequestId"),
+                        text(j, "Phase"),
+                        format!("{}/{}", text(j, "Vg"), text(j, "Lv")),
+                        text(j, "Message")
+                    );
+                }
+            }
+        }
+        SnapCmd::Cancel { request_id } => {
+            let Some(j) = find_job(agent, &request_id).await? else {
+                no_job(&request_id)
+            };
+            let path = text(&j, "ObjectPath");
+            let job = volfence::dbus::client::Job1Proxy::builder(conn)
+                .path(path)
+                .build()
+                .await?;
+            job.cancel().await?;
+            println!("{request_id}: cancel requested");
+        }
+        SnapCmd::Release { request_id } => {
+            agent.release(&request_id).await?;
+            println!("{request_id}: released");
+        }
+    }
+    Ok(())
+}
+
+fn print_job(j: &Json) {
+    println!(
+        "{}: {} — {}",
+        text(j, "RequestId"),
+        text(j, "Phase"),
+        text(j, "Message")
+    );
+    println!("  origin:     {}/{}", text(j, "Vg"), text(j, "Lv"));
+    println!(
+        "  snapshot:   {} ({})",
+        text(j, "Snapshot"),
+        if text(j, "Thin") == "true" {
+            "thin"
+        } else {
+            "thick"
+        }
+    );
+    println!("  mountpoint: {}", text(j, "Mountpoint"));
+    println!("  started:    {}", text(j, "StartedAt"));
+    println!("  finished:   {}", text(j, "FinishedAt"));
+    println!("  COW used:   {}%", text(j, "CowPercent"));
+    if text(j, "Keep") == "true" {
+        println!(
+            "  kept:       {}",
+            if text(j, "Released") == "true" {
+                "released"
+            } else {
+                "until release"
+            }
+        );
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {

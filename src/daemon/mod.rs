@@ -24,6 +24,7 @@ use crate::fence::{
 use crate::host::{Host, HostError};
 use crate::metrics::{self, Metrics};
 use crate::nvme::{self, volumes::Volumes};
+use crate::snapshot::Snapshots;
 
 pub mod notify;
 
@@ -34,6 +35,9 @@ pub enum DaemonError {
     /// The NVMe host identity could not be read or written.
     #[error("NVMe host identity: {0}")]
     Identity(#[from] nvme::identity::IdentityError),
+    /// Rebuilding the snapshot jobs from their records failed.
+    #[error("recovering snapshot jobs: {0}")]
+    Snapshots(#[from] crate::snapshot::SnapError),
     /// Rebuilding the volumes from records and sysfs failed.
     #[error("recovering NVMe volumes: {0}")]
     Volumes(#[from] nvme::volumes::NvmeError),
@@ -237,7 +241,36 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         warnings,
         hardware_watchdog: hw_watchdog.is_some(),
     };
-    let iface = dbus::serve(&conn, info, fence.clone(), log, volumes.clone()).await?;
+    let snapshots = Snapshots::new(
+        host.clone(),
+        crate::lvm::Lvm::new(Arc::new(crate::lvm::SystemLvm)),
+        Arc::new(crate::snapshot::mount::SystemMounter),
+        settings.snapshots.clone(),
+        &state_dir,
+        fence.clone(),
+        Some(metrics.clone()),
+    );
+    snapshots.recover().await?;
+    let iface = dbus::serve(
+        &conn,
+        info,
+        fence.clone(),
+        log,
+        volumes.clone(),
+        snapshots.clone(),
+    )
+    .await?;
+    {
+        let (c, sn, s) = (conn.clone(), snapshots.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "dbus-jobs",
+                dbus::snapshots::publish_jobs(c, sn, s)
+                    .await
+                    .map_err(|e| e.to_string()),
+            )
+        });
+    }
     {
         let (c, v, a, s) = (
             conn.clone(),

@@ -20,6 +20,15 @@ pub trait Agent1 {
     ) -> zbus::Result<(String, HashMap<String, OwnedVariant>)>;
     fn disconnect(&self, volume_id: &str, options: HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
     fn list_volumes(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
+    fn start_snapshot(
+        &self,
+        request_id: &str,
+        vg: &str,
+        lv: &str,
+        options: HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<zbus::OwnedObjectPath>;
+    fn list_snapshots(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
+    fn release(&self, request_id: &str) -> zbus::Result<()>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -32,6 +41,22 @@ pub trait Agent1 {
     fn valid_for_ms(&self) -> zbus::Result<u64>;
     #[zbus(signal, name = "FenceStateChanged")]
     fn fence_transition(&self, state: String, epoch: u64, message: String) -> zbus::Result<()>;
+}
+
+#[proxy(
+    interface = "org.volfence.Job1",
+    default_service = "org.volfence.Agent1"
+)]
+pub trait Job1 {
+    fn cancel(&self) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn phase(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn message(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn cow_percent(&self) -> zbus::Result<f64>;
+    #[zbus(signal)]
+    fn completed(&self, success: bool, message: String) -> zbus::Result<()>;
 }
 
 /// Exit codes of `volfencectl`, documented in README.md.

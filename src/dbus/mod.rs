@@ -15,8 +15,10 @@ use zbus::{interface, Connection, OwnedVariant, Variant};
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
 use crate::nvme::volumes::Volumes;
+use crate::snapshot::Snapshots;
 
 pub mod client;
+pub mod snapshots;
 pub mod volumes;
 
 /// Well-known bus name, also the interface name of the agent object.
@@ -97,6 +99,7 @@ pub struct Agent {
     log: Arc<dyn LogControl>,
     started: StdInstant,
     volumes: Volumes,
+    snapshots: Snapshots,
 }
 
 fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
@@ -264,6 +267,73 @@ impl Agent {
         self.volumes.list().iter().map(volumes::info_dict).collect()
     }
 
+    /// Starts an online snapshot job of `vg/lv` (idempotent per request id) and returns its
+    /// object. Options: `size` (s, thick snapshots: "512M", "20%ORIGIN"), `keep` (b). Root only;
+    /// needs the fence.
+    async fn start_snapshot(
+        &self,
+        request_id: String,
+        vg: String,
+        lv: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<zbus::OwnedObjectPath, Error> {
+        require_root(conn, &header).await?;
+        let mut size = None;
+        let mut keep = false;
+        for (k, v) in volumes::to_options(options)? {
+            use crate::nvme::options::OptValue;
+            match (k.as_str(), v) {
+                ("size", OptValue::Str(s)) => size = Some(s),
+                ("keep", OptValue::Bool(b)) => keep = b,
+                (k, v) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{k}: StartSnapshot knows size (s) and keep (b), found {v:?}"
+                    )))
+                }
+            }
+        }
+        let guard = self.fence.guard()?;
+        let job = self
+            .snapshots
+            .start(
+                &guard,
+                crate::snapshot::StartRequest {
+                    request_id,
+                    vg,
+                    lv,
+                    size,
+                    keep,
+                },
+            )
+            .await?;
+        // The object exists before the caller gets its path.
+        snapshots::ensure_published(conn, &self.snapshots, &job.request_id).await?;
+        Ok(snapshots::job_path(&job.request_id))
+    }
+
+    /// Every snapshot job the agent remembers, as dictionaries.
+    async fn list_snapshots(&self) -> Vec<HashMap<String, OwnedVariant>> {
+        self.snapshots
+            .list()
+            .iter()
+            .map(snapshots::job_dict)
+            .collect()
+    }
+
+    /// Unmounts and removes a kept (`keep = true`) snapshot. Root only.
+    async fn release(
+        &self,
+        request_id: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        require_root(conn, &header).await?;
+        self.snapshots.release(&request_id).await?;
+        Ok(())
+    }
+
     /// Every path of a volume is gone (its controllers were given up by the kernel).
     #[zbus(signal)]
     async fn volume_lost(
@@ -325,6 +395,7 @@ pub async fn serve(
     fence: Fence,
     log: Arc<dyn LogControl>,
     volumes: Volumes,
+    snapshots: Snapshots,
 ) -> Result<InterfaceRef<Agent>, ServeError> {
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
@@ -334,6 +405,7 @@ pub async fn serve(
         log,
         started: StdInstant::now(),
         volumes,
+        snapshots,
     };
     server.at(AGENT_PATH, agent).await?;
     let reply = conn

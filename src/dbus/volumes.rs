@@ -32,7 +32,12 @@ impl From<NvmeError> for Error {
 /// `/org/volfence/Agent1/volumes/<id>`, with every byte outside `[A-Za-z0-9]` as `_xx` (hex),
 /// as systemd escapes unit names in object paths.
 pub fn volume_path(id: &str) -> OwnedObjectPath {
-    let mut p = String::from(VOLUMES_PATH);
+    escaped_path(VOLUMES_PATH, id)
+}
+
+/// `<base>/<id>` with `id` escaped for an object path.
+pub fn escaped_path(base: &str, id: &str) -> OwnedObjectPath {
+    let mut p = String::from(base);
     p.push('/');
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() {
@@ -71,10 +76,12 @@ pub fn to_options(map: HashMap<String, OwnedVariant>) -> Result<BTreeMap<String,
                     Error::InvalidArgument(format!("{k}: expected an array of strings (as)"))
                 })?)
             }
-            other => return Err(Error::InvalidArgument(format!(
+            other => {
+                return Err(Error::InvalidArgument(format!(
                 "{k}: expected a string, integer, boolean or array of strings, found signature {}",
                 other.value_signature()
-            ))),
+            )))
+            }
         };
         out.insert(k, o);
     }

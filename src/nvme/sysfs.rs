@@ -401,3 +401,74 @@ mod tests {
         assert!(is_zero_id("00000000-0000-0000-0000-000000000000"));
     }
 }
+
+/// Against a tree captured from Linux 6.1 in the VM (tests/vm/cases/40-nvme.sh): nvmet-tcp
+/// target, native multipath, two paths to one subsystem with two namespaces.
+#[cfg(test)]
+mod captured {
+    use super::*;
+
+    fn fixture() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nvme-6.1-multipath")
+    }
+
+    #[test]
+    fn fabrics_replies_and_addresses() {
+        let replies = std::fs::read_to_string(fixture().join("fabrics-replies")).unwrap();
+        let r: Vec<FabricsReply> = replies
+            .lines()
+            .map(|l| parse_fabrics_reply(l).unwrap())
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                FabricsReply {
+                    instance: 0,
+                    cntlid: 1
+                },
+                FabricsReply {
+                    instance: 1,
+                    cntlid: 2
+                }
+            ]
+        );
+        let a = std::fs::read_to_string(fixture().join("sys/class/nvme/nvme1/address")).unwrap();
+        let a = parse_address(&a);
+        assert_eq!(
+            (a.traddr.as_str(), a.trsvcid.as_str(), a.src_addr.as_deref()),
+            ("127.0.0.1", "4701", Some("127.0.0.1"))
+        );
+        assert_eq!(a.host_iface, None);
+    }
+
+    #[test]
+    fn multipath_topology() {
+        let t = scan(&Host::new(fixture()));
+        let nqn = "nqn.2024-01.io.volfence.vm:capture";
+        assert_eq!(t.controllers.len(), 2);
+        let c = &t.controllers["nvme1"];
+        assert_eq!(
+            (c.state, c.cntlid, c.transport.as_str()),
+            (CtrlState::Live, Some(2), "tcp")
+        );
+        assert_eq!(c.subsysnqn, nqn);
+        assert_eq!(t.namespaces.len(), 2, "two heads, not four path nodes");
+        let ns1 = t.by_nsid(nqn, 1).next().unwrap();
+        assert_eq!(ns1.block, "nvme0n1");
+        assert!(ns1.multipath);
+        assert_eq!(
+            ns1.controllers,
+            vec!["nvme0".to_string(), "nvme1".to_string()]
+        );
+        assert_eq!(ns1.size_bytes, 64 << 20);
+        assert_eq!(ns1.nguid, None, "nvmet leaves the NGUID empty");
+        let by_uuid = t
+            .by_id(nqn, "20E0E7E9-AD82-494E-A8DA-A85BC6317082")
+            .next()
+            .unwrap();
+        assert_eq!(by_uuid.block, "nvme0n1");
+        assert_eq!(t.by_nsid(nqn, 2).next().unwrap().block, "nvme0n2");
+        assert!(t.by_nsid(nqn, 3).next().is_none());
+        assert!(t.by_nsid("nqn.2024-01.io.other:x", 1).next().is_none());
+    }
+}

@@ -27,12 +27,15 @@ pub fn real() -> bool {
     std::env::var("VOLFENCE_REAL_KERNEL").is_ok_and(|v| v == "1")
 }
 
+/// A subsystem made in configfs: NQN, ports, namespace ids (for teardown).
+type Made = (String, Vec<u16>, Vec<u32>);
+
 /// The target side: nvmet in configfs, or the fake kernel's target table.
 enum TargetCtl {
     Fake(FakeKernel),
     Nvmet {
         dir: PathBuf,
-        made: std::sync::Mutex<Vec<(String, Vec<u16>, Vec<u32>)>>,
+        made: std::sync::Mutex<Vec<Made>>,
     },
 }
 

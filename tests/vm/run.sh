@@ -21,6 +21,7 @@
 #   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
 #   VOLFENCE_EMULATOR       the API emulator run in the guest (default target/release/volfence-kube-emulator)
 #   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot
+#   VM_CASES="10-base 20-agent 40-nvme"  run only these cases in the main boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
 #   VOLFENCE_SRC            tree holding dbus/org.volfence.Agent1.conf and systemd/volfenced.service
 #                           (default: this repository)
@@ -171,7 +172,7 @@ QEMU_OPTS+=" -device i6300esb"
 # --exec goes through a shell in the guest: quote every value
 GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
     VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
-    VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}")
+    VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}" VM_CASES "${VM_CASES:-}")
 GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")

@@ -85,15 +85,15 @@ t_nvme_agent() {
     rm -rf /var/lib/volfence /run/volfence
     spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
     wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
-    run_rc "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    expect_rc 0 "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     json_assert 's["State"] == "live"' 's["Device"].startswith("/dev/nvme")' 's["StablePath"].startswith("/dev/disk/by-id/nvme-uuid.")' 's["SizeBytes"] == 64 << 20' || return 1
     local dev; dev=$(json_str Device)
     echo "volfence-vm-io" | dd of="$dev" bs=4096 conv=sync,fsync oflag=direct status=none || return 1
     dd if="$dev" bs=4096 count=1 iflag=direct status=none | grep -q volfence-vm-io || return 1
     grep -q volfence-vm-io "$W/nvmet/4600-1.img" || fail "write not on the target's backing file" || return 1
-    run_rc "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    expect_rc 0 "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     [ "$(json_str Device)" = "$dev" ] && [ "$(ctrls_of "$VNQN" | wc -l)" = 1 ] || fail "second connect was not idempotent" || return 1
-    run_rc "$VOLFENCECTL" list || return 1
+    expect_rc 0 "$VOLFENCECTL" list || return 1
     contains "$RUN_OUT" vol-a || return 1
     curl -s http://127.0.0.1:9479/metrics > "$W/m.txt" 2>/dev/null || /usr/bin/python3 -c 'import urllib.request;print(urllib.request.urlopen("http://127.0.0.1:9479/metrics").read().decode())' > "$W/m.txt"
     grep -E '^volfence_nvme_(operations|volumes)' "$W/m.txt"
@@ -108,7 +108,7 @@ t_nvme_foreign() {
     nvme connect -t tcp -a 127.0.0.1 -s 4600 -n "$FNQN" || return 1
     local f; f=$(ctrls_of "$FNQN")
     [ -n "$f" ] || return 1
-    run_rc "$VOLFENCECTL" status --json || return 1
+    expect_rc 0 "$VOLFENCECTL" status --json || return 1
     contains "$RUN_OUT" "$f $FNQN" || return 1
     expect_rc 1 "$VOLFENCECTL" connect vol-f --nqn "$FNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 || return 1
     contains "$RUN_OUT" "not made by volfence" || return 1
@@ -127,7 +127,7 @@ t_nvme_sigkill() {
         stop_spawned kconn 5
         spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
         wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
-        run_rc "$VOLFENCECTL" list --json
+        local lrc; run_rc lrc "$VOLFENCECTL" list --json
         i=$(ctrls_of "$VNQN" | wc -l)
         echo "kill after ${d}s: $i controller(s); agent lists: $(grep -c '"VolumeId": "vol-k"' <<< "$RUN_OUT")"
         if grep -q '"VolumeId": "vol-k"' <<< "$RUN_OUT"; then
@@ -144,7 +144,7 @@ check nvme-sigkill-during-connect-consistent t_nvme_sigkill
 
 t_nvme_bench() {
     local uuid
-    run_rc "$VOLFENCECTL" connect bench-vol --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
+    expect_rc 0 "$VOLFENCECTL" connect bench-vol --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     uuid=$(json_str Uuid)
     expect_rc 0 "$VOLFENCECTL" disconnect bench-vol || return 1
     /usr/bin/python3 "$HERE/nvme-bench.py" "$VNQN" 4600 "$uuid" "${NVME_BENCH_ROUNDS:-20}" | tee "$OUT/nvme-bench.txt"

@@ -1,0 +1,359 @@
+//! LVM through its own tools (`lvs`, `lvcreate`, `lvremove`), run with an argument vector and
+//! JSON reports. Parsers are pure; running is behind [`LvmRunner`] so tests replay real output.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LvmError {
+    /// A VG or LV name LVM would refuse.
+    #[error("{what} {name:?}: {why}")]
+    BadName {
+        what: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    /// The LV does not exist.
+    #[error("logical volume {vg}/{lv} does not exist")]
+    NoSuchLv { vg: String, lv: String },
+    /// The tool could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tool failed; its stderr says why.
+    #[error("{cmd} failed (exit {code}): {stderr}")]
+    Failed {
+        cmd: String,
+        code: i32,
+        stderr: String,
+    },
+    /// The report was not what LVM prints.
+    #[error("cannot parse the output of {cmd}: {why}")]
+    Parse { cmd: String, why: String },
+    /// A size that is neither `-L` nor `-l` syntax.
+    #[error(
+        "snapshot size {0:?}: expected a size like \"512M\" / \"2G\" or extents like \"20%ORIGIN\""
+    )]
+    BadSize(String),
+}
+
+/// What one run of a tool gave back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs an LVM command (blocking). The real one is [`SystemLvm`].
+pub trait LvmRunner: Send + Sync {
+    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput>;
+}
+
+/// Runs the real tools from PATH, no shell.
+pub struct SystemLvm;
+
+impl LvmRunner for SystemLvm {
+    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            // The agent's own fds (D-Bus, sockets) are not LVM's business.
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok(CmdOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+/// LVM's name rules (lvm(8) "VALID NAMES"): `[A-Za-z0-9+_.-]`, not starting with `-`, not `.`
+/// or `..`, at most 127 characters; LV names also not `snapshot`/`pvmove` and without the
+/// suffixes LVM reserves for its hidden sub-volumes.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), LvmError> {
+    let bad = |why| {
+        Err(LvmError::BadName {
+            what,
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() || name.len() > 127 {
+        return bad("expected 1 to 127 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("\".\" and \"..\" are not names");
+    }
+    if name.starts_with('-') {
+        return bad("must not start with '-'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'_' | b'.' | b'-'))
+    {
+        return bad("only A-Z a-z 0-9 + _ . - are allowed");
+    }
+    if what == "LV name" {
+        if name == "snapshot" || name == "pvmove" || name.starts_with("pvmove") {
+            return bad("reserved by LVM");
+        }
+        const RESERVED: &[&str] = &[
+            "_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta",
+            "_tdata", "_tmeta", "_vorigin", "_vdata",
+        ];
+        if RESERVED.iter().any(|r| name.contains(r)) {
+            return bad("contains a suffix LVM reserves for hidden volumes");
+        }
+    }
+    Ok(())
+}
+
+/// One row of `lvs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LvInfo {
+    pub vg: String,
+    pub name: String,
+    pub attr: String,
+    pub size_bytes: u64,
+    pub origin: String,
+    pub pool: String,
+    /// Snapshot COW use (thick) or data use (thin), in percent.
+    pub data_percent: Option<f64>,
+    pub path: String,
+}
+
+impl LvInfo {
+    /// A thick (COW) snapshot.
+    pub fn is_thick_snapshot(&self) -> bool {
+        self.attr.starts_with('s') || self.attr.starts_with('S')
+    }
+    /// A thin volume (its snapshots need no size).
+    pub fn is_thin(&self) -> bool {
+        self.attr.starts_with('V')
+    }
+    /// LVM invalidated the snapshot (COW space ran out).
+    pub fn is_invalid(&self) -> bool {
+        self.attr.as_bytes().get(4) == Some(&b'I') || self.attr.starts_with('S')
+    }
+}
+
+#[derive(Deserialize)]
+struct Report {
+    report: Vec<ReportSection>,
+}
+
+#[derive(Deserialize)]
+struct ReportSection {
+    #[serde(default)]
+    lv: Vec<BTreeRow>,
+}
+
+type BTreeRow = std::collections::BTreeMap<String, String>;
+
+/// The fields [`lvs_argv`] asks for.
+pub const LVS_FIELDS: &str = "vg_name,lv_name,lv_attr,lv_size,origin,pool_lv,data_percent,lv_path";
+
+/// Parses `lvs --reportformat json --units b --nosuffix -o LVS_FIELDS`.
+pub fn parse_lvs(json: &str) -> Result<Vec<LvInfo>, String> {
+    let r: Report = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for row in r.report.into_iter().flat_map(|s| s.lv) {
+        let get = |k: &str| row.get(k).cloned().unwrap_or_default();
+        let size = get("lv_size");
+        out.push(LvInfo {
+            vg: get("vg_name"),
+            name: get("lv_name"),
+            attr: get("lv_attr"),
+            size_bytes: size
+                .trim()
+                .parse()
+                .map_err(|_| format!("lv_size {size:?} is not a byte count"))?,
+            origin: get("origin"),
+            pool: get("pool_lv"),
+            data_percent: get("data_percent").trim().parse().ok(),
+            path: get("lv_path"),
+        });
+    }
+    Ok(out)
+}
+
+/// `lvs` for one VG (or all).
+pub fn lvs_argv(vg: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "lvs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-a",
+        "-o",
+        LVS_FIELDS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(vg) = vg {
+        v.push(vg.to_string());
+    }
+    v
+}
+
+/// Size of a thick snapshot: `-L 512M` or `-l 20%ORIGIN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapSize {
+    Bytes(String),
+    Extents(String),
+}
+
+impl SnapSize {
+    pub fn parse(s: &str) -> Result<SnapSize, LvmError> {
+        let s = s.trim();
+        let bad = || LvmError::BadSize(s.to_string());
+        if let Some((n, rest)) = s.split_once('%') {
+            let ok = !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && matches!(rest, "ORIGIN" | "FREE" | "VG");
+            return if ok {
+                Ok(SnapSize::Extents(s.to_string()))
+            } else {
+                Err(bad())
+            };
+        }
+        let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &s[digits.len()..];
+        let ok = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && matches!(
+                unit.to_ascii_lowercase().as_str(),
+                "" | "b" | "k" | "m" | "g" | "t" | "kib" | "mib" | "gib" | "tib"
+            );
+        if ok {
+            Ok(SnapSize::Bytes(s.to_string()))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl fmt::Display for SnapSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapSize::Bytes(s) | SnapSize::Extents(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `lvcreate` for a snapshot: thick with a size, thin (origin in a pool) without, and activated
+/// (thin snapshots skip activation by default: `-kn` undoes that).
+pub fn lvcreate_snapshot_argv(
+    vg: &str,
+    origin: &str,
+    name: &str,
+    size: Option<&SnapSize>,
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "lvcreate".into(),
+        "-y".into(),
+        "-s".into(),
+        "-n".into(),
+        name.into(),
+    ];
+    match size {
+        Some(SnapSize::Bytes(s)) => v.extend(["-L".into(), s.clone()]),
+        Some(SnapSize::Extents(s)) => v.extend(["-l".into(), s.clone()]),
+        None => v.extend(["-kn".into(), "-ay".into()]),
+    }
+    v.push(format!("{vg}/{origin}"));
+    v
+}
+
+pub fn lvremove_argv(vg: &str, lv: &str) -> Vec<String> {
+    vec![
+        "lvremove".into(),
+        "-y".into(),
+        "-f".into(),
+        format!("{vg}/{lv}"),
+    ]
+}
+
+/// Typed calls over a runner.
+#[derive(Clone)]
+pub struct Lvm {
+    runner: Arc<dyn LvmRunner>,
+}
+
+impl Lvm {
+    pub fn new(runner: Arc<dyn LvmRunner>) -> Lvm {
+        Lvm { runner }
+    }
+
+    fn run(&self, argv: Vec<String>) -> Result<CmdOutput, LvmError> {
+        let cmd = argv.join(" ");
+        let out = self.runner.run(&argv).map_err(|source| LvmError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+        if out.code != 0 {
+            return Err(LvmError::Failed {
+                cmd,
+                code: out.code,
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every LV of `vg` (or of every VG).
+    pub fn list(&self, vg: Option<&str>) -> Result<Vec<LvInfo>, LvmError> {
+        let argv = lvs_argv(vg);
+        let cmd = argv.join(" ");
+        let out = self.run(argv)?;
+        parse_lvs(&out.stdout).map_err(|why| LvmError::Parse { cmd, why })
+    }
+
+    /// One LV; `NoSuchLv` if it is not there.
+    pub fn get(&self, vg: &str, lv: &str) -> Result<LvInfo, LvmError> {
+        validate_name("VG name", vg)?;
+        validate_name("LV name", lv)?;
+        let all = match self.list(Some(vg)) {
+            Ok(all) => all,
+            Err(LvmError::Failed { stderr, .. }) if stderr.contains("not found") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        all.into_iter()
+            .find(|i| i.name == lv)
+            .ok_or_else(|| LvmError::NoSuchLv {
+                vg: vg.to_string(),
+                lv: lv.to_string(),
+            })
+    }
+
+    pub fn create_snapshot(
+        &self,
+        vg: &str,
+        origin: &str,
+        name: &str,
+        size: Option<&SnapSize>,
+    ) -> Result<(), LvmError> {
+        validate_name("LV name", name)?;
+        self.run(lvcreate_snapshot_argv(vg, origin, name, size))
+            .map(|_| ())
+    }
+
+    pub fn remove(&self, vg: &str, lv: &str) -> Result<(), LvmError> {
+        self.run(lvremove_argv(vg, lv)).map(|_| ())
+    }
+}
+
+pub mod fake;
+
+#[cfg(test)]
+mod tests;

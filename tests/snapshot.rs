@@ -1,0 +1,531 @@
+//! Snapshot jobs over the fake LVM (LVM's JSON report, point-in-time copies, COW filling) and the
+//! fake mount (mountinfo), with a real executor process.
+
+mod nvme_env;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use volfence::config::Settings;
+use volfence::host::Host;
+use volfence::lvm::fake::{FakeLvm, FakeMounter};
+use volfence::lvm::Lvm;
+use volfence::snapshot::job::Phase;
+use volfence::snapshot::mount::Fs;
+use volfence::snapshot::{SnapError, Snapshots, StartRequest};
+
+struct Rig {
+    root: tempfile::TempDir,
+    host: Host,
+    lvm: Arc<FakeLvm>,
+    mounter: Arc<FakeMounter>,
+    settings: Settings,
+    out: PathBuf,
+    fence: volfence::fence::Fence,
+    _shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The executor: records its run, waits for `<out>/go-<id>` (bounded), copies what the snapshot
+/// shows, and fails for request ids starting with "fail".
+const EXECUTOR: &str = r#"
+out=$1; mp=$2; id=$3
+echo "$id" >> "$out/runs"
+i=0; while [ ! -e "$out/go-$id" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+cat "$mp/before.txt" > "$out/$id.before" 2>/dev/null
+[ -e "$mp/after.txt" ] && echo present > "$out/$id.after"
+echo "BACKUP_TARGET=$BACKUP_TARGET" > "$out/$id.env"
+case $id in fail*) exit 4;; esac
+exit 0
+"#;
+
+async fn rig() -> Rig {
+    let root = tempfile::tempdir().unwrap();
+    let host = Host::new(root.path());
+    let out = root.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut settings = Settings::defaults("snap-test");
+    settings.snapshots.executor = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        EXECUTOR.into(),
+        "executor".into(),
+        out.to_string_lossy().into_owned(),
+        "{mountpoint}".into(),
+        "{request_id}".into(),
+    ];
+    settings.snapshots.executor_env =
+        [("BACKUP_TARGET".to_string(), "s3://bucket".to_string())].into();
+    settings.snapshots.default_size = "8M".into();
+    let lvm = Arc::new(FakeLvm::new(host.clone()));
+    lvm.add_lv(
+        "vg0",
+        "ext",
+        64 << 20,
+        false,
+        Fs::Ext4,
+        &[("before.txt", "written before")],
+    );
+    lvm.add_lv(
+        "vg0",
+        "xfs",
+        512 << 20,
+        false,
+        Fs::Xfs,
+        &[("before.txt", "xfs before")],
+    );
+    lvm.add_lv(
+        "vg0",
+        "thin",
+        128 << 20,
+        true,
+        Fs::Ext4,
+        &[("before.txt", "thin before")],
+    );
+    let mounter = Arc::new(FakeMounter::new(host.clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let fence = nvme_env::held_fence(root.path().join("lease"), &shutdown).await;
+    Rig {
+        root,
+        host,
+        lvm,
+        mounter,
+        settings,
+        out,
+        fence,
+        _shutdown: shutdown,
+    }
+}
+
+impl Rig {
+    fn snapshots(&self) -> Snapshots {
+        Snapshots::new(
+            self.host.clone(),
+            Lvm::new(self.lvm.clone()),
+            self.mounter.clone(),
+            self.settings.snapshots.clone(),
+            &self.root.path().join("state"),
+            self.fence.clone(),
+            None,
+        )
+    }
+    fn go(&self, id: &str) {
+        std::fs::write(self.out.join(format!("go-{id}")), "").unwrap();
+    }
+    fn runs(&self, id: &str) -> usize {
+        std::fs::read_to_string(self.out.join("runs"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == id)
+            .count()
+    }
+    fn out_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.out.join(name)).ok()
+    }
+    fn mounts_under_root(&self) -> Vec<String> {
+        volfence::snapshot::mount::mounts(&self.host)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|m| m.starts_with("/run/volfence/snapshots/"))
+            .collect()
+    }
+    fn snapshot_lvs(&self) -> Vec<String> {
+        self.lvm
+            .names()
+            .into_iter()
+            .filter(|n| n.contains("/vfsnap-"))
+            .collect()
+    }
+    fn assert_clean(&self) {
+        assert!(
+            self.mounts_under_root().is_empty(),
+            "{:?}",
+            self.mounts_under_root()
+        );
+        assert!(self.snapshot_lvs().is_empty(), "{:?}", self.snapshot_lvs());
+        let left: Vec<_> = std::fs::read_dir(self.host.path("/run/volfence/snapshots"))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "mount points left: {left:?}");
+    }
+}
+
+fn req(id: &str, lv: &str) -> StartRequest {
+    StartRequest {
+        request_id: id.into(),
+        vg: "vg0".into(),
+        lv: lv.into(),
+        size: None,
+        keep: false,
+    }
+}
+
+async fn until_phase(
+    s: &Snapshots,
+    id: &str,
+    want: impl Fn(Phase, &str) -> bool,
+) -> volfence::snapshot::job::Job {
+    for _ in 0..600 {
+        if let Some(j) = s.get(id) {
+            if want(j.phase(), &j.message) {
+                return j;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never reached the wanted state: {:?}", s.get(id));
+}
+
+async fn running(s: &Snapshots, id: &str) {
+    until_phase(s, id, |p, m| p == Phase::Running && m == "executor running").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_sees_the_snapshot_not_later_writes() {
+    let r = rig().await;
+    let s = r.snapshots();
+    for (id, lv, before) in [
+        ("r-ext", "ext", "written before"),
+        ("r-xfs", "xfs", "xfs before"),
+        ("r-thin", "thin", "thin before"),
+    ] {
+        let mut events = s.subscribe();
+        let job = s
+            .start(&r.fence.guard().unwrap(), req(id, lv))
+            .await
+            .unwrap();
+        assert_eq!(job.snapshot, format!("vfsnap-{id}"));
+        assert_eq!(
+            job.size.is_none(),
+            lv == "thin",
+            "thin snapshots take no size"
+        );
+        running(&s, id).await;
+        assert_eq!(
+            r.mounts_under_root(),
+            vec![format!("/run/volfence/snapshots/vfsnap-{id}")]
+        );
+        let mi = std::fs::read_to_string(r.host.path("/proc/self/mountinfo")).unwrap();
+        let want = if lv == "xfs" {
+            "ro,nouuid,norecovery"
+        } else {
+            "ro,noload"
+        };
+        assert!(mi.contains(want), "{mi}");
+        r.lvm
+            .write_file("vg0", lv, "after.txt", "written after", 1.0);
+        r.go(id);
+        let done = until_phase(&s, id, |p, _| p.is_terminal()).await;
+        assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+        assert!(!done.started_at.is_empty() && !done.finished_at.is_empty());
+        assert_eq!(r.out_file(&format!("{id}.before")).as_deref(), Some(before));
+        assert_eq!(
+            r.out_file(&format!("{id}.after")),
+            None,
+            "the snapshot predates after.txt"
+        );
+        assert_eq!(
+            r.out_file(&format!("{id}.env")).as_deref(),
+            Some("BACKUP_TARGET=s3://bucket\n")
+        );
+        assert_eq!(r.runs(id), 1);
+        r.assert_clean();
+        // Completed is announced once.
+        let mut completed = 0;
+        while let Ok(ev) = events.try_recv() {
+            if let volfence::snapshot::JobEvent::Completed { success, .. } = ev {
+                assert!(success);
+                completed += 1;
+            }
+        }
+        assert_eq!(completed, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_per_request_and_per_origin() {
+    let r = rig().await;
+    let s = r.snapshots();
+    let g = r.fence.guard().unwrap();
+    let a = s.start(&g, req("same", "ext")).await.unwrap();
+    let b = s.start(&g, req("same", "ext")).await.unwrap();
+    assert_eq!(a.request_id, b.request_id);
+    running(&s, "same").await;
+    let e = s.start(&g, req("other", "ext")).await.unwrap_err();
+    assert!(
+        matches!(e, SnapError::Busy(_)) && e.to_string().contains("one at a time"),
+        "{e}"
+    );
+    let e = s.start(&g, req("same", "xfs")).await.unwrap_err();
+    assert!(e.to_string().contains("already used for vg0/ext"), "{e}");
+    r.go("same");
+    until_phase(&s, "same", |p, _| p.is_terminal()).await;
+    // The terminal job answers again; it never runs twice.
+    assert_eq!(
+        s.start(&g, req("same", "ext")).await.unwrap().phase(),
+        Phase::Succeeded
+    );
+    assert_eq!(r.runs("same"), 1);
+    // A new request id makes a new job.
+    s.start(&g, req("again", "ext")).await.unwrap();
+    r.go("again");
+    until_phase(&s, "again", |p, _| p.is_terminal()).await;
+    assert_eq!(r.runs("again"), 1);
+    r.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_named() {
+    let r = rig().await;
+    let s = r.snapshots();
+    let g = r.fence.guard().unwrap();
+    let e = s
+        .start(
+            &g,
+            StartRequest {
+                vg: "bad/vg".into(),
+                ..req("x", "ext")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("VG name \"bad/vg\""), "{e}");
+    let e = s.start(&g, req("x", "missing")).await.unwrap_err();
+    assert_eq!(e.to_string(), "logical volume vg0/missing does not exist");
+    let e = s
+        .start(
+            &g,
+            StartRequest {
+                vg: "novg".into(),
+                ..req("x", "ext")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "logical volume novg/ext does not exist");
+    let e = s.start(&g, req("x;reboot", "ext")).await.unwrap_err();
+    assert!(e.to_string().starts_with("request_id: expected"), "{e}");
+    let e = s
+        .start(
+            &g,
+            StartRequest {
+                size: Some("lots".into()),
+                ..req("x", "ext")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("snapshot size \"lots\""), "{e}");
+    assert!(s.list().is_empty(), "no job was made for a bad request");
+    assert_eq!(r.runs("x"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_executor_fails_the_job_and_cleans_up() {
+    let r = rig().await;
+    let s = r.snapshots();
+    s.start(&r.fence.guard().unwrap(), req("fail-1", "ext"))
+        .await
+        .unwrap();
+    r.go("fail-1");
+    let j = until_phase(&s, "fail-1", |p, _| p.is_terminal()).await;
+    assert_eq!(
+        (j.phase(), j.message.as_str()),
+        (Phase::Failed, "executor exited with status 4")
+    );
+    r.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cow_guard_aborts_before_lvm_invalidates() {
+    let r = rig().await;
+    let s = r.snapshots();
+    s.start(&r.fence.guard().unwrap(), req("cow", "ext"))
+        .await
+        .unwrap();
+    running(&s, "cow").await;
+    for k in 0..3 {
+        r.lvm
+            .write_file("vg0", "ext", &format!("big{k}"), "x", 30.0);
+    }
+    let j = until_phase(&s, "cow", |p, _| p.is_terminal()).await;
+    assert_eq!(j.phase(), Phase::Failed);
+    assert!(
+        j.message
+            .starts_with("snapshot space exhausted (90.0% used, limit 80%)"),
+        "{}",
+        j.message
+    );
+    assert!(j.cow_percent >= 80.0);
+    r.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_keep_release() {
+    let r = rig().await;
+    let s = r.snapshots();
+    let g = r.fence.guard().unwrap();
+    s.start(&g, req("c1", "ext")).await.unwrap();
+    running(&s, "c1").await;
+    s.cancel("c1").unwrap();
+    let j = until_phase(&s, "c1", |p, _| p.is_terminal()).await;
+    assert_eq!(
+        (j.phase(), j.message.as_str()),
+        (Phase::Failed, "cancelled")
+    );
+    r.assert_clean();
+
+    s.start(
+        &g,
+        StartRequest {
+            keep: true,
+            ..req("k1", "xfs")
+        },
+    )
+    .await
+    .unwrap();
+    r.go("k1");
+    let j = until_phase(&s, "k1", |p, _| p.is_terminal()).await;
+    assert_eq!(j.phase(), Phase::Succeeded);
+    assert!(j.message.contains("kept mounted"), "{}", j.message);
+    assert_eq!(r.mounts_under_root().len(), 1);
+    assert_eq!(r.snapshot_lvs(), vec!["vg0/vfsnap-k1".to_string()]);
+    // Still busy for the origin until released; a busy mount is detached lazily, and says so.
+    assert!(matches!(
+        s.start(&g, req("k2", "xfs")).await,
+        Err(SnapError::Busy(_))
+    ));
+    r.mounter
+        .busy
+        .lock()
+        .unwrap()
+        .push("/run/volfence/snapshots/vfsnap-k1".into());
+    let j = s.release("k1").await.unwrap();
+    assert!(
+        j.released && j.message.contains("detached lazily"),
+        "{}",
+        j.message
+    );
+    r.assert_clean();
+    assert_eq!(s.get("k1").unwrap().phase(), Phase::Succeeded);
+}
+
+#[test]
+fn restart_while_running_fails_the_job_and_leaks_nothing() {
+    let rt1 = tokio::runtime::Runtime::new().unwrap();
+    let r = rt1.block_on(rig());
+    // The fence lives on its own runtime, as the daemon's would across the "restart".
+    let s1 = r.snapshots();
+    rt1.block_on(async {
+        s1.start(&r.fence.guard().unwrap(), req("killed", "ext"))
+            .await
+            .unwrap();
+        running(&s1, "killed").await;
+    });
+    // Leftovers from an older crash that no record mentions: a snapshot LV and a mount.
+    let orphan: Vec<String> = [
+        "lvcreate",
+        "-y",
+        "-s",
+        "-n",
+        "vfsnap-orphan",
+        "-L",
+        "8M",
+        "vg0/thin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _ = volfence::lvm::LvmRunner::run(&*r.lvm, &orphan);
+    let orphan_thick: Vec<String> = [
+        "lvcreate",
+        "-y",
+        "-s",
+        "-n",
+        "vfsnap-orphan2",
+        "-L",
+        "8M",
+        "vg0/xfs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    volfence::lvm::LvmRunner::run(&*r.lvm, &orphan_thick).unwrap();
+    let mp = volfence::snapshot::mount::make_mount_point(
+        &r.host.path("/run/volfence/snapshots"),
+        "vfsnap-orphan2",
+    )
+    .unwrap();
+    volfence::snapshot::mount::Mounter::mount_ro(
+        &*r.mounter,
+        &r.host.path("/dev/vg0/vfsnap-orphan2"),
+        &mp,
+        Fs::Xfs,
+    )
+    .unwrap();
+    let fence = r.fence.clone();
+    // SIGKILL: every task of the old agent stops mid-step; its executor dies with it.
+    rt1.shutdown_background();
+    drop(s1);
+
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let fence2 = nvme_env::held_fence(r.root.path().join("lease2"), &shutdown).await;
+        drop(fence);
+        let s2 = Snapshots::new(
+            r.host.clone(),
+            Lvm::new(r.lvm.clone()),
+            r.mounter.clone(),
+            r.settings.snapshots.clone(),
+            &r.root.path().join("state"),
+            fence2.clone(),
+            None,
+        );
+        s2.recover().await.unwrap();
+        let j = s2.get("killed").unwrap();
+        assert_eq!(j.phase(), Phase::Failed);
+        assert!(j.message.starts_with("agent restarted"), "{}", j.message);
+        r.assert_clean();
+        r.go("killed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(r.runs("killed"), 1, "no second executor");
+        // The same request id again returns the failed job; it is not re-run.
+        let again = s2
+            .start(&fence2.guard().unwrap(), req("killed", "ext"))
+            .await
+            .unwrap();
+        assert_eq!(again.phase(), Phase::Failed);
+        assert_eq!(r.runs("killed"), 1);
+        shutdown.cancel();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_job_resumes_after_restart() {
+    let r = rig().await;
+    let job = volfence::snapshot::job::Job::new(
+        "resume",
+        "vg0",
+        "ext",
+        "vfsnap-resume",
+        "/run/volfence/snapshots/vfsnap-resume",
+        Some("8M".into()),
+        false,
+    );
+    let dir = r.root.path().join("state/snapshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resume.json"), serde_json::to_vec(&job).unwrap()).unwrap();
+    std::fs::write(dir.join("broken.json"), b"{not json").unwrap();
+    let s = r.snapshots();
+    s.recover().await.unwrap();
+    assert!(
+        dir.join("broken.json.unreadable").exists(),
+        "an unreadable record is kept aside"
+    );
+    running(&s, "resume").await;
+    r.go("resume");
+    let j = until_phase(&s, "resume", |p, _| p.is_terminal()).await;
+    assert_eq!(j.phase(), Phase::Succeeded, "{}", j.message);
+    r.assert_clean();
+}
