@@ -225,17 +225,7 @@ async fn sync_job(
     };
     let path = job_path(id);
     match shown.remove(id) {
-        None => {
-            server
-                .at(
-                    &path,
-                    JobObject {
-                        snapshots: snapshots.clone(),
-                        id: id.to_string(),
-                    },
-                )
-                .await?;
-        }
+        None => export(server, snapshots, id).await?,
         Some(old) => {
             if let Ok(iface) = server.interface::<_, JobObject>(&path).await {
                 emit_changes(&iface, &old, &now).await?;
@@ -252,18 +242,14 @@ pub async fn ensure_published(
     snapshots: &Snapshots,
     id: &str,
 ) -> zbus::Result<()> {
-    let server = conn.object_server();
-    let path = job_path(id);
-    if server.interface::<_, JobObject>(&path).await.is_err() {
-        server
-            .at(
-                &path,
-                JobObject {
-                    snapshots: snapshots.clone(),
-                    id: id.to_string(),
-                },
-            )
-            .await?;
-    }
-    Ok(())
+    export(conn.object_server(), snapshots, id).await
+}
+
+/// Puts a job's object on the bus; one that is there already stays as it is.
+async fn export(server: &zbus::ObjectServer, snapshots: &Snapshots, id: &str) -> zbus::Result<()> {
+    let object = JobObject {
+        snapshots: snapshots.clone(),
+        id: id.to_string(),
+    };
+    server.at(job_path(id), object).await.map(|_| ())
 }

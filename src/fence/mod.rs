@@ -180,13 +180,24 @@ impl Timing {
 
 /// The proof that the lease was valid when it was taken. No public constructor: only
 /// [`Fence::guard`] makes one. Device functions take `&FenceGuard`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FenceGuard {
     node: String,
     incarnation: String,
     epoch: u64,
     deadline: Instant,
     cancel: CancellationToken,
+    fence: Fence,
+}
+
+impl fmt::Debug for FenceGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FenceGuard")
+            .field("node", &self.node)
+            .field("epoch", &self.epoch)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 impl FenceGuard {
@@ -214,6 +225,33 @@ impl FenceGuard {
         }
         Ok(())
     }
+    /// A fresh guard for the same holding, if the lease is still valid in this epoch. Long
+    /// operations (a connect waiting for udev, a backup) take one before each step: a guard's own
+    /// deadline is the validity at the moment it was issued, shorter than the operation.
+    pub fn refresh(&self) -> Result<FenceGuard, FenceError> {
+        let g = self.fence.guard()?;
+        if g.epoch != self.epoch || self.cancel.is_cancelled() {
+            return Err(FenceError::Cancelled { epoch: self.epoch });
+        }
+        Ok(g)
+    }
+
+    /// Resolves when this holding ends: the lease was lost (the fence cancels every guard of the
+    /// epoch), or at a guard's deadline the lease could not be shown valid any more. Race long
+    /// waits against it; unlike [`Self::invalidated`] it follows renewals.
+    pub async fn until_lost(&self) -> FenceError {
+        let mut g = self.clone();
+        loop {
+            tokio::select! {
+                _ = g.cancel.cancelled() => return FenceError::Cancelled { epoch: self.epoch },
+                _ = tokio::time::sleep_until(g.deadline) => match g.refresh() {
+                    Ok(next) => g = next,
+                    Err(e) => return e,
+                },
+            }
+        }
+    }
+
     /// Resolves when the guard stops being good (lease lost or deadline reached): race long
     /// operations against it.
     pub async fn invalidated(&self) -> FenceError {
@@ -308,6 +346,7 @@ impl Fence {
                     epoch: status.epoch,
                     deadline: until,
                     cancel: self.shared.epoch_token.lock().unwrap().child_token(),
+                    fence: self.clone(),
                 })
             }
             (FenceState::Held | FenceState::Expiring, _) => Err(FenceError::NotHeld {

@@ -302,3 +302,43 @@ async fn a_lapsed_previous_incarnation_is_never_resumed() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn long_operations_follow_renewals_and_stop_at_loss() {
+    let r = rig(Duration::from_millis(50));
+    wait_state(&r.fence, FenceState::Held).await;
+    let g = r.fence.guard().unwrap();
+    // A 60 s operation outlives every single guard's deadline, but not the holding.
+    let lost = tokio::time::timeout(Duration::from_secs(60), g.until_lost()).await;
+    assert!(
+        lost.is_err(),
+        "until_lost fired while the lease was renewed: {lost:?}"
+    );
+    assert_eq!(g.check(), Err(FenceError::Expired { epoch: 1 }));
+    let fresh = g.refresh().unwrap();
+    assert_eq!(fresh.epoch(), 1);
+    fresh.check().unwrap();
+    // The lease is lost: the long wait ends no later than the fence, and no refresh is granted.
+    r.store.lock().unwrap().reachable = false;
+    let cut = Instant::now();
+    let err = g.until_lost().await;
+    assert!(
+        matches!(
+            err,
+            FenceError::Cancelled { epoch: 1 } | FenceError::NotHeld { .. }
+        ),
+        "{err}"
+    );
+    assert!(Instant::now() - cut <= T.lease_duration - T.safety_margin);
+    assert!(g.refresh().is_err());
+    // A later holding (a new epoch) does not revive an old guard.
+    r.store.lock().unwrap().reachable = true;
+    r.store.lock().unwrap().owner = None;
+    let mut rx = r.fence.subscribe();
+    rx.wait_for(|s| s.state == FenceState::Held && s.epoch == 2)
+        .await
+        .unwrap();
+    assert_eq!(g.refresh().unwrap_err(), FenceError::Cancelled { epoch: 1 });
+    r.shutdown.cancel();
+    r.task.await.unwrap();
+}

@@ -83,3 +83,129 @@ fn argument_vectors() {
     );
     assert_eq!(lvs_argv(Some("vg")).last().unwrap(), "vg");
 }
+
+/// `lvs` output captured from LVM 2.03.16 in the VM (tests/vm/cases/50-snapshot.sh).
+const ORIGINS: &str = include_str!("../../tests/fixtures/lvm/lvs-origins.json");
+const NO_VG_STDERR: &str = include_str!("../../tests/fixtures/lvm/lvs-novg.stderr");
+
+#[test]
+fn captured_report_parses() {
+    let lvs = parse_lvs(ORIGINS).unwrap();
+    let by = |n: &str| lvs.iter().find(|l| l.name == n).unwrap();
+    assert_eq!(lvs.len(), 7, "hidden sub-volumes are listed with -a");
+    let ext = by("ext");
+    assert_eq!(
+        (ext.size_bytes, ext.attr.as_str(), ext.path.as_str()),
+        (100663296, "-wi-ao----", "/dev/vgsnap/ext")
+    );
+    assert!(!ext.is_thin() && !ext.is_thick_snapshot() && !ext.is_invalid());
+    assert_eq!(ext.data_percent, None);
+    let thin = by("thin");
+    assert!(thin.is_thin());
+    assert_eq!(
+        (thin.pool.as_str(), thin.data_percent),
+        ("pool", Some(3.81))
+    );
+    assert_eq!(by("pool").attr.chars().next(), Some('t'));
+    assert!(
+        parse_lvs("{\"report\": [{\"lv\": [{\"lv_size\": \"12x\"}]}]}")
+            .unwrap_err()
+            .contains("12x")
+    );
+    assert!(parse_lvs("not json").is_err());
+}
+
+/// Replays LVM's own outputs through the runner: the missing VG is LVM's exit 5 and message.
+struct Replay(Vec<(Vec<&'static str>, CmdOutput)>);
+impl LvmRunner for Replay {
+    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        let key: Vec<&str> = argv.iter().map(String::as_str).collect();
+        Ok(self
+            .0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| o.clone())
+            .expect("an expected command"))
+    }
+}
+
+#[test]
+fn lookups_over_replayed_output() {
+    let lvs_vg = |vg: &'static str| {
+        let mut a: Vec<&'static str> = vec![
+            "lvs",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-a",
+            "-o",
+            LVS_FIELDS,
+        ];
+        a.push(vg);
+        a
+    };
+    let lvm = Lvm::new(Arc::new(Replay(vec![
+        (
+            lvs_vg("vgsnap"),
+            CmdOutput {
+                code: 0,
+                stdout: ORIGINS.into(),
+                stderr: String::new(),
+            },
+        ),
+        (
+            lvs_vg("novg"),
+            CmdOutput {
+                code: 5,
+                stdout: String::new(),
+                stderr: NO_VG_STDERR.into(),
+            },
+        ),
+    ])));
+    assert_eq!(lvm.get("vgsnap", "xfs").unwrap().size_bytes, 335544320);
+    assert_eq!(
+        lvm.get("vgsnap", "nope").unwrap_err().to_string(),
+        "logical volume vgsnap/nope does not exist"
+    );
+    assert_eq!(
+        lvm.get("novg", "ext").unwrap_err().to_string(),
+        "logical volume novg/ext does not exist"
+    );
+    assert!(lvm
+        .get("vg/x", "ext")
+        .unwrap_err()
+        .to_string()
+        .starts_with("VG name"));
+}
+
+#[test]
+fn the_fake_prints_what_lvm_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake::FakeLvm::new(crate::host::Host::new(dir.path()));
+    fake.add_lv(
+        "vgsnap",
+        "ext",
+        100663296,
+        false,
+        crate::snapshot::mount::Fs::Ext4,
+        &[],
+    );
+    let out = fake.run(&lvs_argv(Some("vgsnap"))).unwrap();
+    let real_line = ORIGINS
+        .lines()
+        .find(|l| l.contains("\"lv_name\":\"ext\""))
+        .unwrap();
+    assert!(
+        out.stdout.contains(real_line.trim().trim_end_matches(',')),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        parse_lvs(&out.stdout).unwrap(),
+        vec![parse_lvs(ORIGINS).unwrap()[0].clone()]
+    );
+    let miss = fake.run(&lvs_argv(Some("novg"))).unwrap();
+    assert_eq!((miss.code, miss.stderr.as_str()), (5, NO_VG_STDERR));
+}

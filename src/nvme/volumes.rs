@@ -400,14 +400,23 @@ impl Volumes {
     }
 
     fn update(&self, r: Record, topo: &Topology) -> VolumeInfo {
+        self.apply(r, topo, false)
+            .expect("unconditional updates apply")
+    }
+
+    /// Recomputes a volume's view. With `only_if_current`, applies only if the stored record is
+    /// still `r`: a health refresh must never resurrect a volume a disconnect just forgot, nor
+    /// undo a phase a connect just stored.
+    fn apply(&self, r: Record, topo: &Topology, only_if_current: bool) -> Option<VolumeInfo> {
         let info = self.describe(&r, topo);
         let id = r.volume_id.clone();
-        let prev = self
-            .inner
-            .volumes
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (r, info.clone()));
+        let prev = {
+            let mut v = self.inner.volumes.lock().unwrap();
+            if only_if_current && v.get(&id).is_none_or(|(cur, _)| *cur != r) {
+                return None;
+            }
+            v.insert(id.clone(), (r, info.clone()))
+        };
         let ev = match &prev {
             None => Some(VolumeEvent::Added(id.clone())),
             Some((_, old)) if *old != info => Some(VolumeEvent::Changed(id.clone())),
@@ -432,7 +441,7 @@ impl Volumes {
             let _ = self.inner.changes.send(VolumeEvent::Lost(id));
         }
         self.publish_state_gauge();
-        info
+        Some(info)
     }
 
     fn publish_state_gauge(&self) {
@@ -521,7 +530,7 @@ impl Volumes {
             .map(|(r, _)| r.clone())
             .collect();
         for r in records {
-            self.update(r, &topo);
+            self.apply(r, &topo, true);
         }
     }
 
@@ -683,14 +692,15 @@ impl Volumes {
     ) -> Result<VolumeInfo, NvmeError> {
         let started = Instant::now();
         let result = self.connect_inner(guard, req).await;
-        if let Some(m) = &self.inner.metrics {
-            m.observe_nvme(
-                "connect",
-                started.elapsed(),
-                result.as_ref().err().map(NvmeError::reason),
-            );
-        }
+        self.observe("connect", started, &result);
         result
+    }
+
+    fn observe<T>(&self, op: &'static str, started: Instant, result: &Result<T, NvmeError>) {
+        if let Some(m) = &self.inner.metrics {
+            let failure = result.as_ref().err().map(NvmeError::reason);
+            m.observe_nvme(op, started.elapsed(), failure);
+        }
     }
 
     async fn connect_inner(
@@ -893,7 +903,7 @@ impl Volumes {
                     continue;
                 }
             }
-            guard.check()?;
+            guard.refresh()?;
             let (f, line) = (self.inner.fabrics.clone(), a.to_string());
             tracing::debug!(
                 VOLUME = id.as_str(),
@@ -903,7 +913,7 @@ impl Volumes {
             let write = tokio::task::spawn_blocking(move || f.connect(&line));
             let reply = tokio::select! {
                 r = write => r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-                e = guard.invalidated() => return Err(e.into()),
+                e = guard.until_lost() => return Err(e.into()),
             };
             let reply = reply.map_err(|source| {
                 let what = format!("connecting to {} at {}", a.nqn, a.path);
@@ -969,7 +979,7 @@ impl Volumes {
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(self.timeout_error(record, &topo, &names, timeout));
                 }
-                e = guard.invalidated() => return Err(e.into()),
+                e = guard.until_lost() => return Err(e.into()),
             };
             if let Ok(ev) = ev {
                 if ev.subsystem == "block" && ev.action != "remove" {
@@ -1021,13 +1031,7 @@ impl Volumes {
     pub async fn disconnect(&self, id: &str, timeout: Option<Duration>) -> Result<(), NvmeError> {
         let started = Instant::now();
         let result = self.disconnect_inner(id, timeout, false).await;
-        if let Some(m) = &self.inner.metrics {
-            m.observe_nvme(
-                "disconnect",
-                started.elapsed(),
-                result.as_ref().err().map(NvmeError::reason),
-            );
-        }
+        self.observe("disconnect", started, &result);
         result
     }
 

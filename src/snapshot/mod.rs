@@ -388,7 +388,7 @@ impl Snapshots {
         cancel: &CancellationToken,
     ) -> Result<String, String> {
         let id = job.request_id.as_str();
-        guard.check().map_err(|e| e.to_string())?;
+        guard.refresh().map_err(|e| e.to_string())?;
         let t = Instant::now();
         let size = job
             .size
@@ -409,7 +409,7 @@ impl Snapshots {
             .await
             .map_err(|e| e.to_string())?;
 
-        guard.check().map_err(|e| e.to_string())?;
+        guard.refresh().map_err(|e| e.to_string())?;
         let t = Instant::now();
         self.update(id, |j| j.message = "mounting".into());
         let fs = mount::probe(&self.inner.host, &info.path).map_err(|e| e.to_string())?;
@@ -434,7 +434,7 @@ impl Snapshots {
             })?;
         self.observe_step("mount", t);
 
-        guard.check().map_err(|e| e.to_string())?;
+        guard.refresh().map_err(|e| e.to_string())?;
         let values: BTreeMap<&str, String> = [
             // Where the files are for this process (the same path on a real host).
             ("mountpoint", target.to_string_lossy().into_owned()),
@@ -512,7 +512,7 @@ impl Snapshots {
             };
             tokio::select! {
                 _ = cancel.cancelled() => "cancelled".to_string(),
-                e = guard.invalidated() => format!("lease lost: {e}"),
+                e = guard.until_lost() => format!("lease lost: {e}"),
                 why = cow => why,
             }
         }
