@@ -535,3 +535,41 @@ async fn bad_volume_ids_are_refused_before_anything_happens() {
         assert!(v.disconnect(id, None).await.is_err());
     }
 }
+
+/// Without native multipath each controller has its own block device `nvme<C>n<H>`: resolution
+/// goes through the controller, and a second path is a second device of the same namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_native_multipath() {
+    if nvme_env::real() {
+        return; // the VM kernel runs with multipath on
+    }
+    let env = Env::with_multipath(false).await;
+    let nqn = "nqn.2024-01.io.volfence.test:nomp";
+    env.add_target(nqn, &[4530, 4531], &[1, 2], 16 * MIB);
+    let v = env.volumes();
+    let a = v
+        .connect(
+            &env.guard(),
+            req("vol-nomp", target(nqn, &[4530, 4531], nsid(2)), &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.state, VolumeState::Live);
+    assert_eq!(a.paths.len(), 2);
+    let ctrl = &a.paths[0].controller;
+    assert!(
+        a.device.starts_with(&format!("/dev/{ctrl}n")),
+        "{a:?} on {ctrl}"
+    );
+    let topo = volfence::nvme::sysfs::scan(&env.host);
+    assert_eq!(
+        topo.by_nsid(nqn, 2).count(),
+        2,
+        "one block device per controller"
+    );
+    assert!(topo.namespaces.iter().all(|n| !n.multipath));
+    io_roundtrip(&env, &a.device, 512, b"no-multipath");
+    v.disconnect("vol-nomp", None).await.unwrap();
+    assert!(env.controllers_of(nqn).is_empty());
+    assert!(!env.dev(&a.device).exists());
+}

@@ -144,9 +144,6 @@ impl JobObject {
 async fn emit_changes(iface: &InterfaceRef<JobObject>, old: &Job, new: &Job) -> zbus::Result<()> {
     let e = iface.signal_emitter();
     let o = iface.get().await;
-    if old.phase() != new.phase() {
-        o.phase_changed(e).await?;
-    }
     if old.message != new.message {
         o.message_changed(e).await?;
     }
@@ -158,6 +155,10 @@ async fn emit_changes(iface: &InterfaceRef<JobObject>, old: &Job, new: &Job) -> 
     }
     if old.cow_percent != new.cow_percent {
         o.cow_percent_changed(e).await?;
+    }
+    // Last: a client that reacts to the phase reads a message that goes with it.
+    if old.phase() != new.phase() {
+        o.phase_changed(e).await?;
     }
     Ok(())
 }

@@ -209,3 +209,17 @@ fn the_fake_prints_what_lvm_prints() {
     let miss = fake.run(&lvs_argv(Some("novg"))).unwrap();
     assert_eq!((miss.code, miss.stderr.as_str()), (5, NO_VG_STDERR));
 }
+
+#[test]
+fn captured_snapshots_report() {
+    let lvs = parse_lvs(include_str!("../../tests/fixtures/lvm/lvs-snapshots.json")).unwrap();
+    let thick = lvs.iter().find(|l| l.name == "vfsnap-r-kill").unwrap();
+    assert!(thick.is_thick_snapshot() && !thick.is_invalid());
+    assert_eq!(
+        (thick.origin.as_str(), thick.data_percent, thick.size_bytes),
+        ("ext", Some(0.02), 50331648)
+    );
+    let thin = lvs.iter().find(|l| l.name == "capthin").unwrap();
+    assert!(thin.is_thin() && !thin.is_thick_snapshot());
+    assert_eq!((thin.origin.as_str(), thin.pool.as_str()), ("thin", "pool"));
+}

@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 /// from live to connecting or resetting, so this is the one place sysfs is polled.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Quiet time after a device event before the health view re-reads sysfs.
+pub const EVENT_SETTLE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
     #[error(transparent)]
@@ -393,6 +396,33 @@ impl Volumes {
         Ok(())
     }
 
+    /// Persists an intermediate record and makes it the in-memory one (ownership checks and the
+    /// loss handler see it at once) without re-reading sysfs; the view is computed at the end.
+    fn put_record(&self, r: &Record) -> Result<(), HostError> {
+        self.save(r)?;
+        let added = {
+            let mut v = self.inner.volumes.lock().unwrap();
+            match v.get_mut(&r.volume_id) {
+                Some(entry) => {
+                    entry.0 = r.clone();
+                    false
+                }
+                None => {
+                    let info = self.describe(r, &Topology::default());
+                    v.insert(r.volume_id.clone(), (r.clone(), info));
+                    true
+                }
+            }
+        };
+        if added {
+            let _ = self
+                .inner
+                .changes
+                .send(VolumeEvent::Added(r.volume_id.clone()));
+        }
+        Ok(())
+    }
+
     /// Persists `r` and updates the in-memory view from `topo`.
     fn store(&self, r: Record, topo: &Topology) -> Result<VolumeInfo, HostError> {
         self.save(&r)?;
@@ -547,6 +577,19 @@ impl Volumes {
                 r = rx.recv() => {
                     if let Err(broadcast::error::RecvError::Closed) = r { return; }
                     self.invalidate();
+                    // A connect or a path change comes as a burst of events: read sysfs once
+                    // after it, not once per event (connects in flight do their own reads).
+                    let quiet = tokio::time::sleep(EVENT_SETTLE);
+                    tokio::pin!(quiet);
+                    loop {
+                        tokio::select! {
+                            _ = &mut quiet => break,
+                            r = rx.recv() => match r {
+                                Err(broadcast::error::RecvError::Closed) => return,
+                                _ => quiet.as_mut().reset(tokio::time::Instant::now() + EVENT_SETTLE),
+                            },
+                        }
+                    }
                 }
             }
             self.refresh();
@@ -857,7 +900,8 @@ impl Volumes {
     ) -> Result<(), NvmeError> {
         let id = record.volume_id.clone();
         // The record exists before the kernel is asked, so a crash cannot leak what it makes.
-        self.store(record.clone(), &self.topology())?;
+        // (Intermediate records are only persisted; their view is computed once the device is up.)
+        self.put_record(record)?;
         for a in args {
             let key = a.key();
             let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
@@ -938,7 +982,7 @@ impl Volumes {
                 cntlid: parsed.cntlid,
                 path: a.path.clone(),
             });
-            self.store(record.clone(), &self.rescan())?;
+            self.put_record(record)?;
             tracing::info!(
                 VOLUME = id.as_str(),
                 EPOCH = guard.epoch(),

@@ -282,3 +282,34 @@ mod tests {
         remove_mount_point(&p).unwrap();
     }
 }
+
+#[cfg(test)]
+mod captured {
+    /// /proc/self/mountinfo from the VM while a job's snapshot was mounted (Linux 6.1).
+    #[test]
+    fn real_mountinfo() {
+        let m = super::parse_mountinfo(include_str!("../../tests/fixtures/lvm/mountinfo.txt"));
+        let snap = m
+            .iter()
+            .find(|e| e.mount_point == "/run/volfence/snapshots/vfsnap-r-kill")
+            .unwrap();
+        assert_eq!(
+            (snap.fstype.as_str(), snap.source.as_str()),
+            ("ext4", "/dev/vgsnap/vfsnap-r-kill")
+        );
+        assert!(
+            snap.options.starts_with("ro,nosuid,nodev,noexec"),
+            "{}",
+            snap.options
+        );
+        let xfs = m
+            .iter()
+            .find(|e| e.mount_point == "/run/vmtest/o-xfs")
+            .unwrap();
+        assert_eq!(
+            (xfs.fstype.as_str(), xfs.source.as_str()),
+            ("xfs", "/dev/mapper/vgsnap-xfs")
+        );
+        assert!(m.len() > 10);
+    }
+}

@@ -61,6 +61,11 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Env {
+        Env::with_multipath(true).await
+    }
+
+    /// `multipath`: the fake kernel's `nvme_core.multipath` (the real kernel decides its own).
+    pub async fn with_multipath(multipath: bool) -> Env {
         let settings = Settings::defaults("nvme-test");
         let events = volfence::nvme::kernel::event_channel();
         let state = tempfile::tempdir().unwrap();
@@ -91,7 +96,7 @@ impl Env {
         } else {
             let root = tempfile::tempdir().unwrap();
             let host = Host::new(root.path());
-            let fake = FakeKernel::new(host.clone(), events.clone(), true);
+            let fake = FakeKernel::new(host.clone(), events.clone(), multipath);
             let id = HostIdentity {
                 hostnqn: "nqn.2014-08.org.nvmexpress:uuid:5f0c2b8e-7d3a-4b1e-9c2d-0a1b2c3d4e5f"
                     .into(),
