@@ -172,10 +172,22 @@ pub struct Namespace {
     pub nsid: u32,
     pub uuid: Option<String>,
     pub nguid: Option<String>,
-    pub size_bytes: u64,
+    /// Its sysfs directory (size and other attributes are read on demand, not on every scan).
+    pub dir: std::path::PathBuf,
     /// Controllers that reach this namespace.
     pub controllers: Vec<String>,
     pub multipath: bool,
+}
+
+impl Namespace {
+    /// Capacity in bytes (`size` counts 512-byte sectors whatever the LBA size); 0 if the
+    /// namespace is gone.
+    pub fn size_bytes(&self) -> u64 {
+        attr(&self.dir, "size")
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 512
+    }
 }
 
 /// One consistent read of the NVMe part of sysfs, with the lookups volumes need.
@@ -228,10 +240,22 @@ impl Topology {
     }
 }
 
+/// Reads a sysfs attribute (at most a page, as sysfs serves) without the trailing newline. One
+/// open and one read: no size probe, no growing buffer — a full scan reads thousands of these.
 fn attr(dir: &Path, name: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(name))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string())
+    use std::io::Read;
+    let mut f = std::fs::File::open(dir.join(name)).ok()?;
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
 }
 
 fn read_dir_names(dir: &Path) -> Vec<String> {
@@ -248,17 +272,13 @@ fn read_namespace(dir: &Path, block: &str, subsysnqn: &str, multipath: bool) -> 
     // A namespace being torn down can vanish between readdir and read: skip it, it is gone.
     let nsid = attr(dir, "nsid")?.trim().parse().ok()?;
     let id = |n: &str| attr(dir, n).filter(|v| !v.is_empty() && !is_zero_id(v));
-    let size_bytes = attr(dir, "size")
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 512;
     Some(Namespace {
         block: block.to_string(),
         subsysnqn: subsysnqn.to_string(),
         nsid,
         uuid: id("uuid"),
         nguid: id("nguid"),
-        size_bytes,
+        dir: dir.to_path_buf(),
         controllers: Vec::new(),
         multipath,
     })
@@ -460,7 +480,7 @@ mod captured {
             ns1.controllers,
             vec!["nvme0".to_string(), "nvme1".to_string()]
         );
-        assert_eq!(ns1.size_bytes, 64 << 20);
+        assert_eq!(ns1.size_bytes(), 64 << 20);
         assert_eq!(ns1.nguid, None, "nvmet leaves the NGUID empty");
         let by_uuid = t
             .by_id(nqn, "20E0E7E9-AD82-494E-A8DA-A85BC6317082")

@@ -528,7 +528,7 @@ impl Volumes {
             nguid: ns.and_then(|n| n.nguid.clone()).unwrap_or_default(),
             device,
             stable_path: stable,
-            size_bytes: ns.map(|n| n.size_bytes).unwrap_or(0),
+            size_bytes: ns.map(Namespace::size_bytes).unwrap_or(0),
             state,
             paths: r
                 .controllers
