@@ -101,12 +101,12 @@ fn einval(msg: &str) -> Error {
 impl FakeKernel {
     /// A fake kernel with native multipath on (Debian's default) or off.
     pub fn new(host: Host, events: broadcast::Sender<Uevent>, multipath: bool) -> FakeKernel {
-        let mp = host.path("/sys/module/nvme_core/parameters/multipath");
+        let mp = host.path(crate::host::paths::NVME_MULTIPATH_PARAM);
         w(&mp, if multipath { "Y" } else { "N" });
         let _ = std::fs::create_dir_all(host.path(CLASS_NVME));
         let _ = std::fs::create_dir_all(host.path(CLASS_SUBSYS));
         let _ = std::fs::create_dir_all(host.path(BY_ID));
-        w(&host.path("/dev/nvme-fabrics"), "");
+        w(&host.path(crate::host::paths::NVME_FABRICS), "");
         FakeKernel {
             inner: Arc::new(Inner {
                 host,
@@ -297,7 +297,7 @@ impl FakeKernel {
         );
         Box::new(move || {
             let host = &me.inner.host;
-            let dev = host.path("/dev").join(&block);
+            let dev = host.path(crate::host::paths::DEV).join(&block);
             if !dir_exists_for(host, &block) {
                 return; // removed before udev got to it
             }
@@ -328,7 +328,7 @@ impl FakeKernel {
     fn remove_block(&self, dir: &Path, block: &str) {
         let host = &self.inner.host;
         let _ = std::fs::remove_dir_all(dir);
-        let _ = std::fs::remove_file(host.path("/dev").join(block));
+        let _ = std::fs::remove_file(host.path(crate::host::paths::DEV).join(block));
         let by_id = host.path(BY_ID);
         if let Ok(rd) = std::fs::read_dir(&by_id) {
             for e in rd.flatten() {

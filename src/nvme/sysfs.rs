@@ -15,10 +15,10 @@ use std::path::Path;
 
 use crate::host::Host;
 
-pub const CLASS_NVME: &str = "/sys/class/nvme";
-pub const CLASS_SUBSYS: &str = "/sys/class/nvme-subsystem";
-pub const FABRICS_DEV: &str = "/dev/nvme-fabrics";
-pub const BY_ID: &str = "/dev/disk/by-id";
+pub use crate::host::paths::{
+    DISK_BY_ID as BY_ID, NVME_CLASS as CLASS_NVME, NVME_FABRICS as FABRICS_DEV,
+    NVME_SUBSYSTEM_CLASS as CLASS_SUBSYS,
+};
 
 /// `state` of a controller, as `nvme_ctrl_state_show` prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -351,7 +351,7 @@ pub fn scan(host: &Host) -> Topology {
 /// `nvme-eui.<nguid>`, else any `nvme-*` link that resolves to the device.
 pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
     let by_id = host.path(BY_ID);
-    let dev = host.path("/dev").join(&ns.block);
+    let dev = host.path(crate::host::paths::DEV).join(&ns.block);
     let points_here = |link: &str| {
         std::fs::canonicalize(by_id.join(link))
             .map(|p| p == dev || std::fs::canonicalize(&dev).map(|d| d == p).unwrap_or(false))

@@ -27,7 +27,7 @@ use super::options::{
 use super::sysfs::{self, parse_fabrics_reply, Controller, CtrlState, Namespace, Topology};
 use crate::config::NvmeSettings;
 use crate::fence::{FenceError, FenceGuard};
-use crate::host::{Host, HostError};
+use crate::host::{paths, Host, HostError};
 use crate::metrics::Metrics;
 
 /// How often controller states are re-read: the kernel sends no uevent when a controller goes
@@ -499,7 +499,7 @@ impl Volumes {
         let names: Vec<String> = live.iter().map(|c| c.name.clone()).collect();
         let ns = select(topo, &r.target, &names);
         let device = ns
-            .map(|n| format!("/dev/{}", n.block))
+            .map(|n| format!("{}/{}", paths::DEV, n.block))
             .filter(|d| self.inner.host.path(d).exists())
             .unwrap_or_default();
         let stable = match (ns, device.is_empty()) {
@@ -1010,7 +1010,7 @@ impl Volumes {
         loop {
             let topo = self.rescan();
             if let Some(ns) = select(&topo, &record.target, &names) {
-                let dev_exists = self.inner.host.path("/dev").join(&ns.block).exists();
+                let dev_exists = self.inner.host.path(paths::DEV).join(&ns.block).exists();
                 if dev_exists
                     && (processed.contains(&ns.block)
                         || sysfs::stable_link(&self.inner.host, ns).is_some())
@@ -1145,7 +1145,7 @@ impl Volumes {
             let dev_gone = !sole_user
                 || device.as_ref().is_none_or(|b| {
                     !topo.namespaces.iter().any(|n| &n.block == b)
-                        && !self.inner.host.path("/dev").join(b).exists()
+                        && !self.inner.host.path(paths::DEV).join(b).exists()
                 });
             if ctrls_gone && dev_gone {
                 break;

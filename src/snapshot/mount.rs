@@ -139,7 +139,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
-pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+pub use crate::host::paths::MOUNTINFO;
 
 pub fn mounts(host: &Host) -> Vec<MountEntry> {
     std::fs::read_to_string(host.path(MOUNTINFO))
