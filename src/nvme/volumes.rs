@@ -1018,16 +1018,37 @@ impl Volumes {
                     return Ok(topo);
                 }
             }
-            let ev = tokio::select! {
-                r = events.recv() => r,
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(self.timeout_error(record, &topo, &names, timeout));
-                }
-                e = guard.until_lost() => return Err(e.into()),
-            };
-            if let Ok(ev) = ev {
-                if ev.subsystem == "block" && ev.action != "remove" {
-                    processed.insert(ev.sysname);
+            // Only a block device appearing (or changing) can complete the wait: other events
+            // (controllers, hidden path nodes) do not cost a sysfs read.
+            loop {
+                let ev = tokio::select! {
+                    r = events.recv() => r,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(self.timeout_error(record, &topo, &names, timeout));
+                    }
+                    e = guard.until_lost() => return Err(e.into()),
+                };
+                match ev {
+                    Ok(ev)
+                        if ev.subsystem == "block"
+                            && ev.action != "remove"
+                            && sysfs::parse_path_name(&ev.sysname).is_none() =>
+                    {
+                        processed.insert(ev.sysname);
+                        break;
+                    }
+                    Ok(_) => {}
+                    // Missed events: look again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    // No more events will come: only the deadline or the fence can end this.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(deadline) => {
+                                return Err(self.timeout_error(record, &topo, &names, timeout));
+                            }
+                            e = guard.until_lost() => return Err(e.into()),
+                        }
+                    }
                 }
             }
         }
