@@ -81,7 +81,7 @@ impl FakeLvm {
     }
 
     fn dev(&self, vg: &str, lv: &str) -> std::path::PathBuf {
-        self.host.path(format!("/dev/{vg}/{lv}"))
+        self.host.path(crate::host::paths::DEV).join(vg).join(lv)
     }
 
     /// An LV with a filesystem holding `files`; `thin` puts it in pool "pool".
