@@ -116,14 +116,13 @@ fn captured_report_parses() {
 }
 
 /// Replays LVM's own outputs through the runner: the missing VG is LVM's exit 5 and message.
-struct Replay(Vec<(Vec<&'static str>, CmdOutput)>);
+struct Replay(Vec<(Vec<String>, CmdOutput)>);
 impl LvmRunner for Replay {
     fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
-        let key: Vec<&str> = argv.iter().map(String::as_str).collect();
         Ok(self
             .0
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| k.as_slice() == argv)
             .map(|(_, o)| o.clone())
             .expect("an expected command"))
     }
@@ -131,21 +130,7 @@ impl LvmRunner for Replay {
 
 #[test]
 fn lookups_over_replayed_output() {
-    let lvs_vg = |vg: &'static str| {
-        let mut a: Vec<&'static str> = vec![
-            "lvs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-a",
-            "-o",
-            LVS_FIELDS,
-        ];
-        a.push(vg);
-        a
-    };
+    let lvs_vg = |vg: &str| lvs_argv(Some(vg));
     let lvm = Lvm::new(Arc::new(Replay(vec![
         (
             lvs_vg("vgsnap"),

@@ -449,7 +449,7 @@ impl Snapshots {
         self.update(id, |j| j.message = "executor running".into());
         let t = Instant::now();
         let stop = self.stop_reasons(job, guard, cancel);
-        let me = self.clone();
+        let (me, rid) = (self.clone(), id.to_string());
         let outcome = executor::run(
             &argv,
             &self.inner.settings.executor_env,
@@ -458,7 +458,7 @@ impl Snapshots {
             &job.snapshot,
             stop,
             move |pid| {
-                me.update(&job_id(&values), |j| j.resources.executor_pid = Some(pid));
+                me.update(&rid, |j| j.resources.executor_pid = Some(pid));
             },
         )
         .await
@@ -770,8 +770,4 @@ impl Snapshots {
             Err(e) => tracing::warn!("looking for leftover snapshots: {e}"),
         }
     }
-}
-
-fn job_id(values: &BTreeMap<&str, String>) -> String {
-    values.get("request_id").cloned().unwrap_or_default()
 }
