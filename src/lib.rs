@@ -4,6 +4,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dbus;
+pub mod events;
 pub mod fence;
 pub mod host;
 pub mod kubeemu;

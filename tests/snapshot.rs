@@ -157,6 +157,7 @@ fn req(id: &str, lv: &str) -> StartRequest {
         lv: lv.into(),
         size: None,
         keep: false,
+        claim: None,
     }
 }
 
@@ -534,4 +535,214 @@ async fn pending_job_resumes_after_restart() {
     let j = until_phase(&s, "resume", |p, _| p.is_terminal()).await;
     assert_eq!(j.phase(), Phase::Succeeded, "{}", j.message);
     r.assert_clean();
+}
+
+/// Until the job's failure Event is marked recorded (bounded).
+async fn until_reported(s: &Snapshots, id: &str) -> volfence::snapshot::job::Job {
+    for _ in 0..500 {
+        if let Some(j) = s.get(id).filter(|j| j.failure_reported) {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the failure of {id} was never reported: {:?}", s.get(id));
+}
+
+/// The claim's Events as `kubectl describe pvc` selects them.
+async fn claim_events(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), ns);
+    let sel = format!("involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name},involvedObject.uid={uid}");
+    api.list(&kube::api::ListParams::default().fields(&sel))
+        .await
+        .unwrap()
+        .items
+}
+
+/// The emulator (or the cluster `KUBECONFIG` names), a client of it, and a fresh claim in
+/// `volfence-test`.
+struct ClaimCluster {
+    emu: Option<volfence::kubeemu::Emulator>,
+    client: kube::Client,
+    ns: String,
+    name: String,
+    uid: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn claim_cluster() -> ClaimCluster {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, path, name) = match std::env::var_os("KUBECONFIG") {
+        Some(p) => (
+            None,
+            PathBuf::from(p),
+            format!("disk-{}", std::process::id()),
+        ),
+        None => {
+            let emu = volfence::kubeemu::Emulator::start("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let p = dir.path().join("kubeconfig");
+            std::fs::write(&p, emu.kubeconfig("snap")).unwrap();
+            (Some(emu), p, "disk-a".to_string())
+        }
+    };
+    let client = volfence::fence::kube::client(&volfence::config::KubernetesSettings {
+        kubeconfig: Some(path),
+        request_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let ns = "volfence-test".to_string();
+    let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.clone(), &ns);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    let pvc = pvcs
+        .create(&kube::api::PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    ClaimCluster {
+        emu,
+        client,
+        ns,
+        name,
+        uid: pvc.metadata.uid.unwrap(),
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
+    use volfence::events::KubeSnapshotEvents;
+    use volfence::kubeemu::Faults;
+    let r = rig().await;
+    let k = claim_cluster().await;
+    let claim: volfence::snapshot::Claim = format!("{}/{}", k.ns, k.name).parse().unwrap();
+    let reporter = Arc::new(KubeSnapshotEvents::new(k.client.clone(), "snap-test"));
+    let claimed = |id: &str, lv: &str| StartRequest {
+        claim: Some(claim.clone()),
+        ..req(id, lv)
+    };
+    let events = || claim_events(&k.client, &k.ns, &k.name, &k.uid);
+
+    // The API server answers 503 at first: the report waits and is retried, not dropped.
+    if let Some(emu) = &k.emu {
+        emu.faults(
+            "snap",
+            Faults {
+                error_code: Some(503),
+                ..Default::default()
+            },
+        );
+    }
+    let s = r.snapshots().with_reporter(reporter.clone());
+    let g = r.fence.guard().unwrap();
+    s.start(&g, claimed("fail-claimed", "ext")).await.unwrap();
+    r.go("fail-claimed");
+    let j = until_phase(&s, "fail-claimed", |p, _| p.is_terminal()).await;
+    assert_eq!(j.phase(), Phase::Failed);
+    assert_eq!(j.claim.as_deref(), Some(claim.to_string().as_str()));
+    if let Some(emu) = &k.emu {
+        for _ in 0..250 {
+            if emu.request_counts("snap").get("GET").copied().unwrap_or(0) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!s.get("fail-claimed").unwrap().failure_reported);
+        emu.faults("snap", Faults::default());
+    }
+    until_reported(&s, "fail-claimed").await;
+    let evs = events().await;
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let ev = &evs[0];
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.reason.as_deref(), Some("SnapshotFailed"));
+    assert_eq!(ev.reporting_instance.as_deref(), Some("snap-test"));
+    let msg = ev.message.as_deref().unwrap_or_default();
+    assert!(
+        msg.contains("fail-claimed") && msg.contains("vg0/ext") && msg.contains("exit"),
+        "{msg}"
+    );
+
+    // A success is not an event; a failure without a claim is not either.
+    s.start(&g, claimed("ok-claimed", "xfs")).await.unwrap();
+    r.go("ok-claimed");
+    let j = until_phase(&s, "ok-claimed", |p, _| p.is_terminal()).await;
+    assert_eq!(j.phase(), Phase::Succeeded, "{}", j.message);
+    s.start(&g, req("fail-unclaimed", "xfs")).await.unwrap();
+    r.go("fail-unclaimed");
+    until_phase(&s, "fail-unclaimed", |p, _| p.is_terminal()).await;
+
+    // Failed while the agent had no way to report (stopped before it could): the next start
+    // records it, once.
+    let quiet = r.snapshots();
+    quiet.recover().await.unwrap();
+    quiet
+        .start(&g, claimed("fail-later", "thin"))
+        .await
+        .unwrap();
+    r.go("fail-later");
+    until_phase(&quiet, "fail-later", |p, _| p.is_terminal()).await;
+    let s2 = r.snapshots().with_reporter(reporter.clone());
+    s2.recover().await.unwrap();
+    until_reported(&s2, "fail-later").await;
+    let s3 = r.snapshots().with_reporter(reporter.clone());
+    s3.recover().await.unwrap();
+    assert!(s3.get("fail-later").unwrap().failure_reported, "persisted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events().await.len(), 2, "one event per failed claimed job");
+    assert!(!s3.get("fail-unclaimed").unwrap().failure_reported);
+    r.assert_clean();
+
+    // A claim that does not exist: logged, not retried for ever, no event anywhere.
+    let gone: volfence::snapshot::Claim = format!("{}/gone", k.ns).parse().unwrap();
+    s3.start(
+        &g,
+        StartRequest {
+            claim: Some(gone),
+            ..req("fail-gone", "ext")
+        },
+    )
+    .await
+    .unwrap();
+    r.go("fail-gone");
+    until_phase(&s3, "fail-gone", |p, _| p.is_terminal()).await;
+    until_reported(&s3, "fail-gone").await;
+    assert_eq!(events().await.len(), 2);
+}
+
+#[test]
+fn claims_are_namespace_and_name() {
+    let c: volfence::snapshot::Claim = "vms/disk-a.v2".parse().unwrap();
+    assert_eq!(
+        (c.namespace.as_str(), c.name.as_str()),
+        ("vms", "disk-a.v2")
+    );
+    for (bad, says) in [
+        ("disk-a", "expected namespace/name"),
+        ("VMs/disk", "namespace \"VMs\" is not a DNS-1123 label"),
+        ("vms/disk/x", "name \"disk/x\" is not a DNS-1123 subdomain"),
+        ("vms/-disk", "name \"-disk\""),
+        ("vms/", "name \"\""),
+        ("vms/a,b=c", "name \"a,b=c\""),
+    ] {
+        let e = bad.parse::<volfence::snapshot::Claim>().unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!("claim {bad:?}: ")) && e.to_string().contains(says),
+            "{bad}: {e}"
+        );
+    }
+    assert!(format!("vms/{}", "a".repeat(254))
+        .parse::<volfence::snapshot::Claim>()
+        .is_err());
 }

@@ -117,6 +117,10 @@ enum SnapCmd {
         /// Keep the snapshot mounted after the executor, until `release`
         #[arg(long)]
         keep: bool,
+        /// The PersistentVolumeClaim the origin backs (namespace/name): a failure is recorded
+        /// as a Kubernetes Event on it
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        claim: Option<String>,
         /// Follow the job until it ends; exit 1 if it failed
         #[arg(long)]
         wait: bool,
@@ -316,6 +320,7 @@ async fn snapshot(
             lv,
             size,
             keep,
+            claim,
             wait,
             json,
         } => {
@@ -325,6 +330,9 @@ async fn snapshot(
             }
             if keep {
                 o.insert("keep", true.into());
+            }
+            if let Some(c) = &claim {
+                o.insert("claim", c.as_str().into());
             }
             let path = agent.start_snapshot(&request_id, &vg, &lv, o).await?;
             if wait {
@@ -439,6 +447,9 @@ fn print_job(j: &Json) {
         }
     );
     println!("  mountpoint: {}", text(j, "Mountpoint"));
+    if !text(j, "Claim").is_empty() {
+        println!("  claim:      {}", text(j, "Claim"));
+    }
     println!("  started:    {}", text(j, "StartedAt"));
     println!("  finished:   {}", text(j, "FinishedAt"));
     println!("  COW used:   {}%", text(j, "CowPercent"));

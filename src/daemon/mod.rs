@@ -148,6 +148,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let state_dir = host.path(&settings.daemon.state_dir);
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    let mut kube_client = None;
     let backend = match settings.fence.backend {
         FenceBackend::Standalone => {
             let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
@@ -157,6 +158,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
         FenceBackend::Kubernetes => {
             let client = crate::fence::kube::client(&settings.kubernetes).await?;
+            kube_client = Some(client.clone());
             let f = &settings.fence;
             let (leases, watch) = KubeLeases::start(
                 client,
@@ -250,6 +252,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         fence.clone(),
         Some(metrics.clone()),
     );
+    // Without Kubernetes (standalone fence) a failure is in the journal and on D-Bus only.
+    let snapshots = match kube_client {
+        Some(c) => snapshots.with_reporter(Arc::new(crate::events::KubeSnapshotEvents::new(
+            c,
+            &holder.node,
+        ))),
+        None => snapshots,
+    };
     snapshots.recover().await?;
     let iface = dbus::serve(
         &conn,

@@ -268,8 +268,9 @@ impl Agent {
     }
 
     /// Starts an online snapshot job of `vg/lv` (idempotent per request id) and returns its
-    /// object. Options: `size` (s, thick snapshots: "512M", "20%ORIGIN"), `keep` (b). Root only;
-    /// needs the fence.
+    /// object. Options: `size` (s, thick snapshots: "512M", "20%ORIGIN"), `keep` (b), `claim`
+    /// (s, `namespace/name` of the PersistentVolumeClaim the origin backs: a failure becomes a
+    /// Kubernetes Event on it). Root only; needs the fence.
     async fn start_snapshot(
         &self,
         request_id: String,
@@ -282,14 +283,18 @@ impl Agent {
         require_root(conn, &header).await?;
         let mut size = None;
         let mut keep = false;
+        let mut claim = None;
         for (k, v) in volumes::to_options(options)? {
             use crate::nvme::options::OptValue;
             match (k.as_str(), v) {
                 ("size", OptValue::Str(s)) => size = Some(s),
                 ("keep", OptValue::Bool(b)) => keep = b,
+                ("claim", OptValue::Str(s)) => {
+                    claim = Some(s.parse::<crate::snapshot::Claim>()?);
+                }
                 (k, v) => {
                     return Err(Error::InvalidArgument(format!(
-                        "{k}: StartSnapshot knows size (s) and keep (b), found {v:?}"
+                        "{k}: StartSnapshot knows size (s), keep (b) and claim (s), found {v:?}"
                     )))
                 }
             }
@@ -305,6 +310,7 @@ impl Agent {
                     lv,
                     size,
                     keep,
+                    claim,
                 },
             )
             .await?;

@@ -55,6 +55,7 @@ pub fn job_dict(j: &Job) -> HashMap<String, OwnedVariant> {
     m.insert("Keep".into(), var(j.keep));
     m.insert("Released".into(), var(j.released));
     m.insert("Thin".into(), var(j.size.is_none()));
+    m.insert("Claim".into(), var(j.claim.as_deref().unwrap_or_default()));
     m
 }
 
@@ -119,6 +120,11 @@ impl JobObject {
     #[zbus(property(emits_changed_signal = "const"))]
     fn keep(&self) -> bool {
         self.job().map(|j| j.keep).unwrap_or_default()
+    }
+    /// `namespace/name` of the PersistentVolumeClaim the origin backs, or "".
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn claim(&self) -> String {
+        self.job().and_then(|j| j.claim).unwrap_or_default()
     }
 
     /// Stops the job (it ends `failed`, "cancelled"). Root only.

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Event;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -63,7 +62,7 @@ pub async fn client(settings: &KubernetesSettings) -> Result<Client, KubeError> 
 #[derive(Clone)]
 pub struct KubeLeases {
     api: Api<Lease>,
-    events: Api<Event>,
+    client: Client,
     store: Store<Lease>,
     observer: Arc<Mutex<Observer>>,
     synced: Arc<AtomicBool>,
@@ -86,7 +85,6 @@ impl KubeLeases {
         impl std::future::Future<Output = String> + Send + 'static,
     ) {
         let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-        let events: Api<Event> = Api::namespaced(client, namespace);
         let (store, writer) = reflector::store();
         let observer = Arc::new(Mutex::new(Observer::new(lease_duration, grace)));
         let synced = Arc::new(AtomicBool::new(false));
@@ -124,7 +122,7 @@ impl KubeLeases {
         };
         let leases = KubeLeases {
             api,
-            events,
+            client,
             store,
             observer,
             synced,
@@ -235,34 +233,22 @@ impl LeaseApi for KubeLeases {
     }
 
     async fn event(&self, name: &str, reason: &str, message: &str, warning: bool) {
-        let now = rfc3339(SystemTime::now(), false);
-        let micro = rfc3339(SystemTime::now(), true);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let ev: Result<Event, _> = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}.{nanos:x}"), "namespace": self.namespace},
-            "involvedObject": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": name, "namespace": self.namespace},
-            "reason": reason,
-            "message": message,
-            "type": if warning { "Warning" } else { "Normal" },
-            "source": {"component": "volfenced", "host": self.node},
-            "reportingComponent": "volfence.io/volfenced",
-            "reportingInstance": self.node,
-            "action": reason,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "eventTime": micro,
-            "count": 1,
-        }));
-        match ev {
-            Ok(ev) => {
-                if let Err(e) = self.events.create(&PostParams::default(), &ev).await {
-                    tracing::warn!("cannot record event {reason} on lease {name}: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("cannot build event {reason}: {e}"),
+        let involved = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": name, "namespace": self.namespace});
+        let spec = crate::events::EventSpec {
+            reason,
+            action: reason,
+            message,
+            warning,
+        };
+        let ev = crate::events::event_object(
+            &self.namespace,
+            involved,
+            &spec,
+            &self.node,
+            SystemTime::now(),
+        );
+        if let Err(e) = crate::events::record(&self.client, ev).await {
+            tracing::warn!("cannot record event {reason} on lease {name}: {e}");
         }
     }
 }

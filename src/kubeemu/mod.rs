@@ -4,8 +4,8 @@
 //! tests can point at a real cluster instead.
 //!
 //! Served: Leases (`coordination.k8s.io/v1`: get, list, watch, create, update, JSON merge patch,
-//! delete), Nodes and PersistentVolumes (get, list, watch, create, merge patch), Events (create,
-//! list). One global resourceVersion; 409 Conflict on a stale `metadata.resourceVersion` (PUT, or
+//! delete), Nodes, PersistentVolumes and PersistentVolumeClaims (get, list, watch, create, merge
+//! patch), Events (create, list). One global resourceVersion; 409 Conflict on a stale `metadata.resourceVersion` (PUT, or
 //! a merge patch that carries one), 409 AlreadyExists, 404 — each as a `Status` object like the
 //! real server's. Watches replay history after `resourceVersion` (410 Expired when it is too
 //! old), stream JSON lines, honour `timeoutSeconds` and send bookmarks when asked.
@@ -52,6 +52,7 @@ enum Kind {
     Lease,
     Node,
     PersistentVolume,
+    PersistentVolumeClaim,
     Event,
 }
 
@@ -61,6 +62,7 @@ impl Kind {
             Kind::Lease => "leases",
             Kind::Node => "nodes",
             Kind::PersistentVolume => "persistentvolumes",
+            Kind::PersistentVolumeClaim => "persistentvolumeclaims",
             Kind::Event => "events",
         }
     }
@@ -81,11 +83,15 @@ impl Kind {
             Kind::Lease => "Lease",
             Kind::Node => "Node",
             Kind::PersistentVolume => "PersistentVolume",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
             Kind::Event => "Event",
         }
     }
     fn namespaced(self) -> bool {
-        matches!(self, Kind::Lease | Kind::Event)
+        matches!(
+            self,
+            Kind::Lease | Kind::Event | Kind::PersistentVolumeClaim
+        )
     }
     /// `leases.coordination.k8s.io`, as in the real server's messages.
     fn qualified(self) -> String {
@@ -259,6 +265,54 @@ fn now_rfc3339() -> String {
     crate::fence::kube::rfc3339(std::time::SystemTime::now(), false)
 }
 
+/// The checks the real server makes on a new `core/v1` Event (ValidateEventCreate): the
+/// involved object lives in the Event's namespace; an Event with a reporting controller also has
+/// an eventTime, an action, a reporting instance, a reason and a note of at most 1 kB.
+fn validate_event(obj: &Value, namespace: &str, name: &str) -> Result<(), ApiFail> {
+    let mut errs = Vec::new();
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let involved_ns = s(&obj["involvedObject"]["namespace"]);
+    if !involved_ns.is_empty() && involved_ns != namespace {
+        errs.push(format!("involvedObject.namespace: Invalid value: \"{involved_ns}\": does not match event.namespace"));
+    }
+    if !s(&obj["reportingComponent"]).is_empty() {
+        for (field, what) in [
+            ("eventTime", "eventTime"),
+            ("action", "action"),
+            ("reportingInstance", "reportingInstance"),
+            ("reason", "reason"),
+        ] {
+            if s(&obj[field]).is_empty() {
+                errs.push(format!("{what}: Required value"));
+            }
+        }
+        let note = s(&obj["message"]);
+        if note.len() > 1024 {
+            errs.push(format!(
+                "message: Too long: may not be more than 1024 bytes (is {})",
+                note.len()
+            ));
+        }
+    }
+    match s(&obj["type"]).as_str() {
+        "" | "Normal" | "Warning" => {}
+        t => errs.push(format!(
+            "type: Unsupported value: \"{t}\": supported values: \"Normal\", \"Warning\""
+        )),
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiFail::for_object(
+            422,
+            "Invalid",
+            Kind::Event,
+            name,
+            format!("Event \"{name}\" is invalid: [{}]", errs.join(", ")),
+        ))
+    }
+}
+
 struct Route {
     kind: Kind,
     namespace: String,
@@ -285,6 +339,7 @@ fn route(path: &str) -> Option<Route> {
         (false, "leases") => Kind::Lease,
         (true, "nodes") => Kind::Node,
         (true, "persistentvolumes") => Kind::PersistentVolume,
+        (true, "persistentvolumeclaims") => Kind::PersistentVolumeClaim,
         (true, "events") => Kind::Event,
         _ => return None,
     };
@@ -344,9 +399,21 @@ fn field_matches(selector: Option<&String>, obj: &Value) -> Result<bool, ApiFail
             )
         })?;
         let v = v.trim_start_matches('=');
+        let is_event = obj["kind"] == "Event";
         let actual = match k {
             "metadata.name" => obj["metadata"]["name"].as_str(),
             "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+            // The event fields the real server indexes (what `kubectl describe` selects on).
+            "involvedObject.kind"
+            | "involvedObject.namespace"
+            | "involvedObject.name"
+            | "involvedObject.uid"
+            | "involvedObject.apiVersion"
+                if is_event =>
+            {
+                obj["involvedObject"][&k["involvedObject.".len()..]].as_str()
+            }
+            "reason" | "type" | "reportingComponent" if is_event => obj[k].as_str(),
             _ => {
                 return Err(ApiFail::new(
                     400,
@@ -402,6 +469,9 @@ impl Shared {
                 }
                 _ => obj["metadata"]["namespace"] = json!(r.namespace),
             }
+        }
+        if r.kind == Kind::Event {
+            validate_event(&obj, &r.namespace, &name)?;
         }
         let mut st = self.store.lock().unwrap();
         let key = (r.kind, r.namespace.clone(), name.clone());

@@ -272,3 +272,68 @@ async fn control_endpoint_sets_faults_over_http() {
     );
     emu.shutdown();
 }
+
+#[tokio::test]
+async fn claims_are_served_and_events_are_validated_like_the_real_server() {
+    use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
+    let emu = emulator().await;
+    emu.create(
+        "/api/v1/namespaces/vms/persistentvolumeclaims",
+        json!({"metadata": {"name": "disk-a"}, "spec": {"volumeName": "pv-1"}}),
+    )
+    .unwrap();
+    let c = client(&emu, "a").await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "vms");
+    let pvc = pvcs.get("disk-a").await.unwrap();
+    assert!(pvc.metadata.uid.is_some());
+    assert!(pvcs.get_opt("gone").await.unwrap().is_none());
+    let other: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "other");
+    assert!(other.get_opt("disk-a").await.unwrap().is_none());
+
+    let events: Api<Event> = Api::namespaced(c, "vms");
+    let ev = |v: serde_json::Value| serde_json::from_value::<Event>(v).unwrap();
+    // Involved object in another namespace, a reporting controller without eventTime/action,
+    // an unknown type: 422 Invalid, each field named.
+    let e = events
+        .create(
+            &PostParams::default(),
+            &ev(json!({
+                "metadata": {"name": "bad"},
+                "involvedObject": {"kind": "PersistentVolumeClaim", "name": "disk-a", "namespace": "other"},
+                "reason": "SnapshotFailed", "type": "Fatal",
+                "reportingComponent": "volfence.io/volfenced", "reportingInstance": "n1",
+            })),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = e else {
+        panic!("{e}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    for field in [
+        "involvedObject.namespace",
+        "eventTime: Required",
+        "action: Required",
+        "type: Unsupported",
+    ] {
+        assert!(s.message.contains(field), "{field}: {}", s.message);
+    }
+    assert!(emu.events().is_empty());
+    let good = crate::events::event_object(
+        "vms",
+        json!({"kind": "PersistentVolumeClaim", "name": "disk-a", "namespace": "vms"}),
+        &crate::events::EventSpec {
+            reason: "SnapshotFailed",
+            action: "Snapshot",
+            message: "m",
+            warning: true,
+        },
+        "n1",
+        std::time::SystemTime::now(),
+    );
+    events
+        .create(&PostParams::default(), &ev(good))
+        .await
+        .unwrap();
+    assert_eq!(emu.events().len(), 1);
+}

@@ -74,6 +74,13 @@ pub struct Job {
     pub resources: Resources,
     /// Kept (`keep = true`) resources were released by `Release`.
     pub released: bool,
+    /// The PersistentVolumeClaim (`namespace/name`) the origin backs, if the request named one:
+    /// a failure is reported on it as a Kubernetes Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// The failure Event was recorded (so a restart retries only what was not).
+    #[serde(default)]
+    pub failure_reported: bool,
 }
 
 impl Job {
@@ -102,6 +109,8 @@ impl Job {
             cow_percent: 0.0,
             resources: Resources::default(),
             released: false,
+            claim: None,
+            failure_reported: false,
         }
     }
 

@@ -55,7 +55,75 @@ pub struct StartRequest {
     /// Thick snapshot size (`"512M"`, `"20%ORIGIN"`); default from config; ignored for thin.
     pub size: Option<String>,
     pub keep: bool,
+    /// The PersistentVolumeClaim the origin backs (`namespace/name`), if any.
+    pub claim: Option<Claim>,
 }
+
+/// A PersistentVolumeClaim, named as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace name.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+impl std::str::FromStr for Claim {
+    type Err = SnapError;
+    fn from_str(s: &str) -> Result<Claim, SnapError> {
+        let bad = |why: &str| SnapError::Invalid(format!("claim {s:?}: {why}"));
+        let (ns, name) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected namespace/name of a PersistentVolumeClaim"))?;
+        if !is_dns_label(ns) {
+            return Err(bad(&format!("namespace {ns:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)")));
+        }
+        // A claim's name is a DNS-1123 subdomain: dot-separated labels, at most 253 in all.
+        if name.len() > 253 || !name.split('.').all(is_dns_label) {
+            return Err(bad(&format!("name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253, each part starting and ending with a letter or digit)")));
+        }
+        Ok(Claim {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A failed snapshot of a claimed volume, to be reported where its users look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureReport {
+    pub claim: Claim,
+    pub request_id: String,
+    pub origin: String,
+    pub message: String,
+}
+
+/// Records [`FailureReport`]s (the agent: a Kubernetes Event on the claim). `Err` is retried.
+pub trait FailureReporter: Send + Sync {
+    fn snapshot_failed(
+        &self,
+        report: FailureReport,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>>;
+}
+
+/// How long a failure report is retried (backing off up to a minute) before waiting for the
+/// next start of the agent.
+const REPORT_PATIENCE: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
@@ -82,6 +150,7 @@ struct Inner {
     changes: broadcast::Sender<JobEvent>,
     metrics: Option<Arc<Metrics>>,
     fence: Fence,
+    reporter: Option<Arc<dyn FailureReporter>>,
 }
 
 /// The job manager. Cheap to clone.
@@ -122,8 +191,17 @@ impl Snapshots {
                 changes: broadcast::channel(256).0,
                 metrics,
                 fence,
+                reporter: None,
             }),
         }
+    }
+
+    /// Reports failures of claimed volumes' snapshots through `reporter`. Before `recover`.
+    pub fn with_reporter(mut self, reporter: Arc<dyn FailureReporter>) -> Snapshots {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_reporter before the manager is shared")
+            .reporter = Some(reporter);
+        self
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
@@ -212,6 +290,9 @@ impl Snapshots {
                         message: message.to_string(),
                     });
                 }
+                if to == Phase::Failed {
+                    self.spawn_report(id);
+                }
                 true
             }
             Some(Err(e)) => {
@@ -220,6 +301,60 @@ impl Snapshots {
             }
             None => false,
         }
+    }
+
+    /// Reports a failed job of a claimed volume, once: retried with backoff, marked in the
+    /// record when done, so a restart retries only an unreported one.
+    fn spawn_report(&self, id: &str) {
+        let Some(reporter) = self.inner.reporter.clone() else {
+            return;
+        };
+        let Some(job) = self.get(id) else { return };
+        let Some(claim) = job.claim.as_deref() else {
+            return;
+        };
+        if job.phase() != Phase::Failed || job.failure_reported {
+            return;
+        }
+        let Ok(claim) = claim.parse::<Claim>() else {
+            tracing::error!(
+                REQUEST_ID = id,
+                "snapshot job {id}: recorded claim {claim:?} is not namespace/name; no Event"
+            );
+            return;
+        };
+        let report = FailureReport {
+            claim,
+            request_id: id.to_string(),
+            origin: job.origin(),
+            message: job.message.clone(),
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let give_up = Instant::now() + REPORT_PATIENCE;
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match reporter.snapshot_failed(report.clone()).await {
+                    Ok(()) => {
+                        me.update(&report.request_id, |j| j.failure_reported = true);
+                        return;
+                    }
+                    Err(e) if Instant::now() + delay < give_up => {
+                        tracing::warn!(
+                            REQUEST_ID = report.request_id.as_str(),
+                            "reporting the failed snapshot on claim {}: {e}; retrying in {delay:?}",
+                            report.claim
+                        );
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(60));
+                    }
+                    Err(e) => {
+                        tracing::error!(REQUEST_ID = report.request_id.as_str(), "reporting the failed snapshot on claim {}: {e}; giving up until the agent starts again", report.claim);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(Lvm) -> T + Send + 'static) -> T {
@@ -270,7 +405,7 @@ impl Snapshots {
             ))
         })?;
         let mountpoint = self.inner.settings.mount_root.join(&snapshot);
-        let job = Job::new(
+        let mut job = Job::new(
             &req.request_id,
             &req.vg,
             &req.lv,
@@ -279,6 +414,7 @@ impl Snapshots {
             (!origin.is_thin()).then_some(size),
             req.keep,
         );
+        job.claim = req.claim.as_ref().map(Claim::to_string);
         {
             let mut jobs = self.inner.jobs.lock().unwrap();
             if let Some(j) = jobs.get(&req.request_id) {
@@ -702,6 +838,10 @@ impl Snapshots {
                     }
                 }
                 _ => {}
+            }
+            if job.phase() == Phase::Failed {
+                // Failed before the restart, and its Event may not have been recorded yet.
+                self.spawn_report(&job.request_id);
             }
         }
         self.remove_leftovers().await;

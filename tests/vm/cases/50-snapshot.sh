@@ -1,7 +1,9 @@
 # tests/vm/cases/50-snapshot.sh - online LVM snapshots with real LVM on the virtio disk: ext4 and
 # xfs origins, thick and thin; the executor sees what was written before the snapshot and not
 # after; the same request id twice is one job; SIGKILL of the agent while Running; the COW guard;
-# keep + release; and captures of real `lvs` JSON and mountinfo for the parser fixtures.
+# keep + release; a failed snapshot of a claimed volume recorded as a Kubernetes Event on the
+# claim (agent on the Kubernetes fence, API emulator in the guest); and captures of real `lvs`
+# JSON and mountinfo for the parser fixtures.
 # Needs 10-base.sh (disk, modules, system bus) and 20-agent.sh (helpers).
 
 SVG=vgsnap
@@ -142,8 +144,45 @@ t_keep_release() {
 }
 check snapshot-keep-release t_keep_release
 
+SEMU=http://127.0.0.1:16444
+# emu_call METHOD PATH [JSON] : a request to the guest's API emulator; the body lands in RUN_OUT
+emu_call() {
+    RUN_OUT=$(/usr/bin/python3 -c '
+import sys, urllib.request
+method, url, data = sys.argv[1], sys.argv[2], (sys.argv[3].encode() if len(sys.argv) > 3 else None)
+req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(req, timeout=10).read().decode())' "$1" "$SEMU$2" ${3:+"$3"}) || return 1
+    printf '%s\n' "$RUN_OUT"
+}
+claim_events() { emu_call GET "/api/v1/namespaces/vms/events?fieldSelector=involvedObject.name%3Ddisk-xfs" >/dev/null && contains "$RUN_OUT" SnapshotFailed; }
+
+t_claim_event() {
+    stop_spawned sagent 15 || return 1
+    spawn snapemu "$VOLFENCE_EMULATOR" --listen 127.0.0.1:16444 --kubeconfig "$W/snap-kubeconfig" --client snapnode || return 1
+    wait_for 30 grep -q "listening on" "$OUT/snapemu.log" || return 1
+    emu_call POST /api/v1/namespaces/vms/persistentvolumeclaims \
+        '{"metadata": {"name": "disk-xfs"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "320Mi"}}}}' || return 1
+    local uid; uid=$(/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["uid"])' <<< "$RUN_OUT")
+    { cat "$W/snap-agent.toml"; printf '[fence]\nbackend = "kubernetes"\nlease_namespace = "volfence-system"\n[kubernetes]\nkubeconfig = "%s"\n' "$W/snap-kubeconfig"; } > "$W/snap-agent-kube.toml"
+    spawn sagent env RUST_LOG=info "$VOLFENCED" --config "$W/snap-agent-kube.toml" || return 1
+    wait_for 90 fence_held || { tail -20 "$OUT/sagent.log"; return 1; }
+    touch "$EXO/go-fail-claim"
+    expect_rc 1 "$VOLFENCECTL" snapshot start fail-claim "$SVG" xfs --claim vms/disk-xfs --wait || return 1
+    expect_rc 1 "$VOLFENCECTL" snapshot start fail-bad "$SVG" xfs --claim Vms/disk-xfs || return 1
+    contains "$RUN_OUT" 'claim "Vms/disk-xfs": namespace "Vms" is not a DNS-1123 label' || return 1
+    no_leftovers || return 1
+    wait_for 60 claim_events || return 1
+    UID_WANT=$uid json_assert 'len(s["items"]) == 1' \
+        's["items"][0]["reason"] == "SnapshotFailed" and s["items"][0]["type"] == "Warning"' \
+        's["items"][0]["involvedObject"]["uid"] == e["UID_WANT"]' \
+        '"fail-claim" in s["items"][0]["message"] and "vgsnap/xfs" in s["items"][0]["message"]' \
+        's["items"][0]["source"]["component"] == "volfenced"'
+}
+check snapshot-failure-event-on-claim t_claim_event
+
 t_snapshot_teardown() {
     stop_spawned sagent 15
+    stop_spawned snapemu 10 || true
     local lv
     for lv in ext xfs thin; do umount "$W/o-$lv"; done
     vgremove -q -y -f "$SVG"
