@@ -113,10 +113,27 @@ async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Erro
     let sender = header
         .sender()
         .ok_or_else(|| Error::AccessDenied(format!("{member}: caller has no unique name")))?;
-    let uid = DBusProxy::new(conn)
-        .await?
-        .get_connection_unix_user(sender.clone().into())
-        .await?;
+    // A unique name is never reused on a bus (its guid), so a caller's uid cannot go stale:
+    // asking the bus once per caller saves a round trip on every later call.
+    static UIDS: std::sync::LazyLock<std::sync::Mutex<HashMap<(String, String), u32>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = (conn.server_guid().to_string(), sender.to_string());
+    let cached = UIDS.lock().unwrap().get(&key).copied();
+    let uid = match cached {
+        Some(uid) => uid,
+        None => {
+            let uid = DBusProxy::new(conn)
+                .await?
+                .get_connection_unix_user(sender.clone().into())
+                .await?;
+            let mut uids = UIDS.lock().unwrap();
+            if uids.len() >= 1024 {
+                uids.clear(); // callers come and go; only the live ones matter
+            }
+            uids.insert(key, uid);
+            uid
+        }
+    };
     if uid != 0 {
         return Err(Error::AccessDenied(format!(
             "{member} may only be called by root (caller uid {uid})"
