@@ -519,6 +519,28 @@ async fn udev_slower_than_the_kernel_is_waited_for() {
         "{info:?}"
     );
     v.disconnect("vol-u", None).await.unwrap();
+
+    // udev's RUN programs (pvscan and friends) delay its announcement well after the device
+    // and its by-id links exist: the connect ends on the links, within a deadline shorter than
+    // the announcement's delay.
+    fake.set_udev_run_time(Duration::from_secs(4));
+    let info = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-u",
+                target(nqn, &[4510], nsid(1)),
+                &[("timeout_ms", OptValue::Int(2000))],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(
+        env.dev(&info.device).exists() && info.stable_path.contains("/dev/disk/by-id/nvme-"),
+        "{info:?}"
+    );
+    fake.set_udev_run_time(Duration::ZERO);
+    v.disconnect("vol-u", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //!   `/sys/class/nvme/nvmeN`, the subsystem, heads and path nodes (native multipath) or per-controller
 //!   namespaces, and replies `instance=N,cntlid=M`;
 //! - "udev" then, on its own thread and a little later, creates `/dev` nodes and `/dev/disk/by-id`
-//!   links and only then sends the events, as udevd does after its rules ran;
+//!   links and only then sends the events, as udevd does after its rules ran (and after its `RUN`
+//!   programs: [`FakeKernel::set_udev_run_time`]);
 //! - delete_controller tears down synchronously and sends remove events;
 //! - a target port going down moves its controllers to `connecting` and, after their
 //!   `ctrl_loss_tmo`, deletes them, like the kernel's reconnect worker.
@@ -70,6 +71,8 @@ struct State {
     /// While set, udev does not process new devices.
     udev_paused: bool,
     pending_udev: Vec<Box<dyn FnOnce() + Send>>,
+    /// How long udev's `RUN` programs take for a block device: between its links and its event.
+    udev_run_time: Duration,
 }
 
 struct Inner {
@@ -172,6 +175,12 @@ impl FakeKernel {
     pub fn hold_connects(&self, hold: bool) {
         self.inner.state.lock().unwrap().hold_connect = hold;
         self.inner.held.notify_all();
+    }
+
+    /// Makes udev's `RUN` programs for a block device take `t` (lvm's pvscan, say): the device
+    /// and its links exist that long before udev announces the event.
+    pub fn set_udev_run_time(&self, t: Duration) {
+        self.inner.state.lock().unwrap().udev_run_time = t;
     }
 
     /// Stops (or resumes) udev from processing new devices.
@@ -315,6 +324,8 @@ impl FakeKernel {
                 let _ = std::fs::remove_file(&p);
                 let _ = std::os::unix::fs::symlink(format!("../../{block}"), &p);
             }
+            let run_time = me.inner.state.lock().unwrap().udev_run_time;
+            std::thread::sleep(run_time);
             me.emit(Uevent {
                 action: "add".into(),
                 subsystem: "block".into(),

@@ -138,3 +138,62 @@ pub fn spawn_udev_monitor(tx: broadcast::Sender<Uevent>) -> std::io::Result<()> 
         .recv()
         .unwrap_or_else(|_| Err(std::io::Error::other("udev monitor thread died")))
 }
+
+/// Wakes when udev makes (or renames into place) an `nvme-*` link in a directory — the by-id
+/// links a connect waits for. udev creates them while it processes a device's event, before its
+/// `RUN` programs and before it announces the event, so a wait on links alone would lag behind
+/// a program that watches the directory. inotify, so a wait never polls.
+pub struct LinkWatch {
+    fd: tokio::io::unix::AsyncFd<InotifyFd>,
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl LinkWatch {
+    /// Watches `dir`; `None` if it cannot (no such directory yet: the udev events still end the
+    /// wait, only a little later).
+    pub fn new(dir: &std::path::Path) -> Option<LinkWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        ino.add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+            .ok()?;
+        // SAFETY: the Inotify owns its fd until it is dropped with the AsyncFd, and as_raw_fd
+        // always returns that same fd.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                InotifyFd(ino),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .ok()?;
+        Some(LinkWatch { fd })
+    }
+
+    /// Until an `nvme-*` entry appears.
+    pub async fn nvme_link(&self) {
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            match ready.get_inner().0.read_events() {
+                Ok(evs) => {
+                    if evs.iter().any(|e| {
+                        e.name
+                            .as_ref()
+                            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"nvme-"))
+                    }) {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(_) => return std::future::pending().await,
+            }
+        }
+    }
+}

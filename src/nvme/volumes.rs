@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::kernel::{Fabrics, Uevent};
+use super::kernel::{Fabrics, LinkWatch, Uevent};
 use super::options::{
     validate_volume_id, ConnectArgs, ControllerKey, HostIdentity, OptionsError, Overrides,
     PathAddr, Selector, Target,
@@ -777,6 +777,7 @@ impl Volumes {
         guard.check()?;
         // Subscribed before anything happens, so no event can slip between a check and a wait.
         let mut events = self.inner.events.subscribe();
+        let links = LinkWatch::new(&self.inner.host.path(paths::DISK_BY_ID));
         let existing = self
             .inner
             .volumes
@@ -826,7 +827,7 @@ impl Volumes {
                     .timeout
                     .unwrap_or(self.inner.defaults.connect_timeout);
                 let r = self
-                    .wait_for_device(guard, &record, &mut events, timeout)
+                    .wait_for_device(guard, &record, &mut events, links.as_ref(), timeout)
                     .await;
                 laps.lap("device");
                 r
@@ -1013,6 +1014,7 @@ impl Volumes {
         guard: &FenceGuard,
         record: &Record,
         events: &mut broadcast::Receiver<Uevent>,
+        links: Option<&LinkWatch>,
         timeout: Duration,
     ) -> Result<Arc<Topology>, NvmeError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -1029,11 +1031,19 @@ impl Volumes {
                     return Ok(topo);
                 }
             }
-            // Only a block device appearing (or changing) can complete the wait: other events
-            // (controllers, hidden path nodes) do not cost a sysfs read.
+            // Only a block device appearing (or changing), or an nvme by-id link, can complete
+            // the wait: other events (controllers, hidden path nodes) do not cost a sysfs read.
+            let link = async {
+                match links {
+                    Some(l) => l.nvme_link().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(link);
             loop {
                 let ev = tokio::select! {
                     r = events.recv() => r,
+                    _ = &mut link => break,
                     _ = tokio::time::sleep_until(deadline) => {
                         return Err(self.timeout_error(record, &topo, &names, timeout));
                     }
