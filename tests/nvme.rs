@@ -88,7 +88,14 @@ async fn connect_resolve_io_idempotent_disconnect() {
         .unwrap();
     assert_eq!(format!("/dev/{}", ns.block), info.device);
 
-    // Idempotent: the same request again reuses the controller.
+    // Idempotent: the same request again reuses the controller, and leaves the record file as
+    // it is (no rewrite, no fsync, for a call orchestrators repeat often).
+    use std::os::unix::fs::MetadataExt;
+    let record = env.state.path().join("volumes/vol-basic.json");
+    // A second link keeps the inode alive, so a rewrite cannot get the same number back.
+    let witness = env.state.path().join("record-witness");
+    std::fs::hard_link(&record, &witness).unwrap();
+    let inode = std::fs::metadata(&witness).unwrap().ino();
     let before = env.controllers_of(nqn);
     let again = v
         .connect(
@@ -98,6 +105,8 @@ async fn connect_resolve_io_idempotent_disconnect() {
         .await
         .unwrap();
     assert_eq!(again.device, info.device);
+    assert_eq!(std::fs::metadata(&record).unwrap().ino(), inode);
+    std::fs::remove_file(&witness).unwrap();
     assert_eq!(env.controllers_of(nqn), before);
     assert_eq!(before.len(), 1);
 
@@ -594,4 +603,62 @@ async fn without_native_multipath() {
     v.disconnect("vol-nomp", None).await.unwrap();
     assert!(env.controllers_of(nqn).is_empty());
     assert!(!env.dev(&a.device).exists());
+}
+
+/// A controller made outside volfence already reaches the subsystem through another port: the
+/// agent's own controller joins it. With native multipath the namespace's device exists before
+/// the connect and gets no new by-id link; only the kernel's event for the new hidden path says
+/// the namespace is reachable through the agent's controller. The disconnect deletes only the
+/// agent's controller and does not wait for the device, which the other controller keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_subsystem_another_controller_reaches() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:join";
+    env.add_target(nqn, &[4540, 4541], &[1], 16 * MIB);
+    let foreign = env.foreign_connect(nqn, 4541);
+    let v = env.volumes();
+    v.recover().await.unwrap();
+    until(
+        "the foreign controller's device, processed by udev",
+        20,
+        || {
+            v.rescan().namespaces.iter().any(|n| {
+                n.subsysnqn == nqn
+                    && n.controllers.contains(&foreign)
+                    && volfence::nvme::sysfs::stable_link(&env.host, n).is_some()
+            })
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let info = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-join",
+                target(nqn, &[4540], nsid(1)),
+                &[("timeout_ms", OptValue::Int(10_000))],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.state, VolumeState::Live, "{info:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the connect ended at its deadline, not on an event: {:?}",
+        started.elapsed()
+    );
+    let mine = info.paths[0].controller.clone();
+    assert_ne!(mine, foreign);
+    io_roundtrip(&env, &info.device, 4096, b"joined");
+    let d = v.disconnect("vol-join", Some(Duration::from_secs(10)));
+    tokio::time::timeout(Duration::from_secs(20), d)
+        .await
+        .expect("the disconnect waits for nothing the other controller keeps")
+        .unwrap();
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(foreign.clone(), "live".to_string())]
+    );
+    env.delete_controller(&foreign);
 }

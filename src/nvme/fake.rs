@@ -565,6 +565,7 @@ impl Fabrics for FakeKernel {
         let mut jobs = Vec::new();
         for ns in &namespaces {
             if self.inner.multipath {
+                let new_head = !st.heads.contains_key(&(s, ns.nsid));
                 let h = match st.heads.get(&(s, ns.nsid)) {
                     Some(h) => *h,
                     None => {
@@ -576,10 +577,23 @@ impl Fabrics for FakeKernel {
                         h
                     }
                 };
-                w(
-                    &cdir.join(format!("nvme{s}c{i}n{h}")).join("nsid"),
-                    ns.nsid.to_string(),
-                );
+                let node = cdir.join(format!("nvme{s}c{i}n{h}")).join("nsid");
+                if new_head {
+                    // Made by the same scan that makes the head, before the head's event.
+                    w(&node, ns.nsid.to_string());
+                } else {
+                    // Joining a head that exists: the kernel's scan work adds the path node
+                    // after the reply, and a hidden disk's uevents stay suppressed (block/genhd.c),
+                    // so nothing announces it. 6.1 in the VM shows exactly that.
+                    let (me, nsid) = (self.clone(), ns.nsid);
+                    std::thread::spawn(move || {
+                        std::thread::sleep(me.inner.udev_delay);
+                        let st = me.inner.state.lock().unwrap();
+                        if st.ctrls.get(&i).is_some_and(|c| c.subsys == s) {
+                            w(&node, nsid.to_string());
+                        }
+                    });
+                }
             } else {
                 let h = st.next_head;
                 st.next_head += 1;

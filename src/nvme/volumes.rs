@@ -37,6 +37,11 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Quiet time after a device event before the health view re-reads sysfs.
 pub const EVENT_SETTLE: Duration = Duration::from_millis(100);
 
+/// Joining a multipath head that exists: sysfs is re-read at these intervals (doubling) until
+/// the kernel's scan has added this controller's path, for which it sends no uevent.
+const JOIN_POLL_FIRST: Duration = Duration::from_millis(2);
+const JOIN_POLL_MAX: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
     #[error(transparent)]
@@ -182,6 +187,9 @@ struct Inner {
     defaults: NvmeSettings,
     records_dir: PathBuf,
     volumes: Mutex<BTreeMap<String, (Record, VolumeInfo)>>,
+    /// What each record file holds, so an unchanged record (an idempotent connect) is not
+    /// rewritten and fsynced.
+    on_disk: Mutex<HashMap<String, Record>>,
     volume_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     topology: Mutex<TopoCache>,
@@ -247,6 +255,25 @@ fn select<'a>(topo: &'a Topology, target: &Target, ctrls: &[String]) -> Option<&
     }
 }
 
+fn head_exists(topo: &Topology, target: &Target) -> bool {
+    match &target.namespace {
+        Selector::Nsid(n) => topo.by_nsid(&target.nqn, *n).any(|ns| ns.multipath),
+        Selector::Uuid(u) | Selector::Nguid(u) => topo.by_id(&target.nqn, u).any(|ns| ns.multipath),
+    }
+}
+
+/// A multipath head for the target exists, reached by other controllers only, while one of
+/// `ctrls` is live in its subsystem: the kernel's scan is about to add our path to it, and
+/// nothing will announce that (a hidden path disk's uevents stay suppressed, block/genhd.c).
+fn joining_head(topo: &Topology, target: &Target, ctrls: &[String]) -> bool {
+    head_exists(topo, target)
+        && ctrls.iter().any(|c| {
+            topo.controllers
+                .get(c)
+                .is_some_and(|c| c.subsysnqn == target.nqn && c.state == CtrlState::Live)
+        })
+}
+
 impl Volumes {
     /// The manager over `fabrics` and the udev `events` channel (subscribe-able before any wait).
     pub fn new(
@@ -267,6 +294,7 @@ impl Volumes {
                 identity,
                 defaults,
                 volumes: Mutex::new(BTreeMap::new()),
+                on_disk: Mutex::new(HashMap::new()),
                 volume_locks: Mutex::new(HashMap::new()),
                 key_locks: Mutex::new(HashMap::new()),
                 topology: Mutex::new(TopoCache {
@@ -371,15 +399,25 @@ impl Volumes {
     }
 
     fn save(&self, r: &Record) -> Result<(), HostError> {
+        if self.inner.on_disk.lock().unwrap().get(&r.volume_id) == Some(r) {
+            return Ok(());
+        }
         let json = serde_json::to_vec_pretty(r).expect("records serialize");
         std::fs::create_dir_all(&self.inner.records_dir).map_err(|source| HostError::Write {
             path: self.inner.records_dir.clone(),
             source,
         })?;
-        crate::host::write_atomic(&self.record_path(&r.volume_id), &json)
+        crate::host::write_atomic(&self.record_path(&r.volume_id), &json)?;
+        self.inner
+            .on_disk
+            .lock()
+            .unwrap()
+            .insert(r.volume_id.clone(), r.clone());
+        Ok(())
     }
 
     fn forget(&self, id: &str) -> Result<(), HostError> {
+        self.inner.on_disk.lock().unwrap().remove(id);
         let p = self.record_path(id);
         match std::fs::remove_file(&p) {
             Ok(()) => {}
@@ -397,30 +435,31 @@ impl Volumes {
     }
 
     /// Persists an intermediate record and makes it the in-memory one (ownership checks and the
-    /// loss handler see it at once) without re-reading sysfs; the view is computed at the end.
+    /// loss handler see it at once). Nothing is announced and sysfs is not re-read: a volume's
+    /// view, and its D-Bus object, come when its connect ends.
     fn put_record(&self, r: &Record) -> Result<(), HostError> {
         self.save(r)?;
-        let added = {
-            let mut v = self.inner.volumes.lock().unwrap();
-            match v.get_mut(&r.volume_id) {
-                Some(entry) => {
-                    entry.0 = r.clone();
-                    false
-                }
-                None => {
-                    let info = self.describe(r, &Topology::default());
-                    v.insert(r.volume_id.clone(), (r.clone(), info));
-                    true
-                }
-            }
-        };
-        if added {
-            let _ = self
-                .inner
-                .changes
-                .send(VolumeEvent::Added(r.volume_id.clone()));
-        }
+        self.remember(r);
         Ok(())
+    }
+
+    /// [`Self::put_record`] with the write on a blocking thread, so it overlaps what comes next
+    /// (the wait for the device); `pending` must be settled before the next write of the record.
+    fn put_record_in_background(&self, r: &Record, pending: &mut PendingSave) {
+        self.remember(r);
+        let (me, r, path) = (self.clone(), r.clone(), self.record_path(&r.volume_id));
+        pending.0 = Some((path, tokio::task::spawn_blocking(move || me.save(&r))));
+    }
+
+    fn remember(&self, r: &Record) {
+        let mut v = self.inner.volumes.lock().unwrap();
+        match v.get_mut(&r.volume_id) {
+            Some(entry) => entry.0 = r.clone(),
+            None => {
+                let info = self.describe(r, &Topology::default());
+                v.insert(r.volume_id.clone(), (r.clone(), info));
+            }
+        }
     }
 
     /// Persists `r` and updates the in-memory view from `topo`.
@@ -548,7 +587,8 @@ impl Volumes {
         }
     }
 
-    /// Re-reads sysfs and updates every volume's state (health).
+    /// Re-reads sysfs and updates every connected volume's state (health). Volumes in the
+    /// middle of a connect or disconnect are left to it: it computes their view when it ends.
     pub fn refresh(&self) {
         let topo = self.rescan();
         let records: Vec<Record> = self
@@ -557,6 +597,7 @@ impl Volumes {
             .lock()
             .unwrap()
             .values()
+            .filter(|(r, _)| r.phase == Phase::Connected)
             .map(|(r, _)| r.clone())
             .collect();
         for r in records {
@@ -614,6 +655,11 @@ impl Volumes {
                     Ok(r)
                         if p.file_stem().and_then(|s| s.to_str()) == Some(r.volume_id.as_str()) =>
                     {
+                        self.inner
+                            .on_disk
+                            .lock()
+                            .unwrap()
+                            .insert(r.volume_id.clone(), r.clone());
                         records.push(r)
                     }
                     Ok(r) => tracing::error!(
@@ -815,10 +861,10 @@ impl Volumes {
             },
         };
         let was_connected = record.phase == Phase::Connected;
-        let mut created: Vec<String> = Vec::new();
+        let mut progress = ConnectProgress::default();
         laps.lap("prepare");
         let outcome = self
-            .ensure_controllers(guard, &mut record, &args, &mut created, &mut laps)
+            .ensure_controllers(guard, &mut record, &args, &mut progress, &mut laps)
             .await;
         let outcome = match outcome {
             Ok(()) => {
@@ -826,13 +872,24 @@ impl Volumes {
                     .overrides
                     .timeout
                     .unwrap_or(self.inner.defaults.connect_timeout);
-                let r = self
-                    .wait_for_device(guard, &record, &mut events, links.as_ref(), timeout)
-                    .await;
+                let (r, saved) = tokio::join!(
+                    self.wait_for_device(
+                        guard,
+                        &record,
+                        &mut events,
+                        links.as_ref(),
+                        timeout,
+                        progress.created.is_empty() || progress.joined
+                    ),
+                    progress.pending.settle()
+                );
                 laps.lap("device");
-                r
+                saved.map_err(NvmeError::from).and(r)
             }
-            Err(e) => Err(e),
+            // The record must be on disk as written before the rollback rewrites or removes it.
+            Err(e) => (progress.pending.settle().await)
+                .map_err(NvmeError::from)
+                .and(Err(e)),
         };
         match outcome {
             Ok(topo) => {
@@ -854,7 +911,8 @@ impl Volumes {
             }
             Err(e) => {
                 // Undo what this call made, so a failed connect leaks no controller.
-                self.rollback(&mut record, &created, was_connected).await;
+                self.rollback(&mut record, &progress.created, was_connected)
+                    .await;
                 Err(e)
             }
         }
@@ -903,7 +961,7 @@ impl Volumes {
         guard: &FenceGuard,
         record: &mut Record,
         args: &[ConnectArgs],
-        created: &mut Vec<String>,
+        progress: &mut ConnectProgress,
         laps: &mut Laps,
     ) -> Result<(), NvmeError> {
         let id = record.volume_id.clone();
@@ -912,6 +970,7 @@ impl Volumes {
         self.put_record(record)?;
         laps.lap("record");
         for a in args {
+            progress.pending.settle().await?;
             let key = a.key();
             let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
             let _k = klock.lock().await;
@@ -953,10 +1012,12 @@ impl Volumes {
                 drop(v);
                 if let Some(o) = o {
                     record.controllers.push(o);
-                    self.store(record.clone(), &topo)?;
+                    self.put_record(record)?;
                     continue;
                 }
             }
+            // A head that exists gets no event when this controller's path joins it.
+            progress.joined |= head_exists(&topo, &record.target);
             guard.refresh()?;
             let (f, line) = (self.inner.fabrics.clone(), a.to_string());
             tracing::debug!(
@@ -987,13 +1048,13 @@ impl Volumes {
                 )),
             })?;
             let name = format!("nvme{}", parsed.instance);
-            created.push(name.clone());
+            progress.created.push(name.clone());
             record.controllers.push(OwnedCtrl {
                 name: name.clone(),
                 cntlid: parsed.cntlid,
                 path: a.path.clone(),
             });
-            self.put_record(record)?;
+            self.put_record_in_background(record, &mut progress.pending);
             laps.lap("record");
             tracing::info!(
                 VOLUME = id.as_str(),
@@ -1007,8 +1068,12 @@ impl Volumes {
         Ok(())
     }
 
-    /// Waits, on udev events only, until the namespace's block device exists and udev has
-    /// processed it (a by-id link, or an event for it).
+    /// Waits, on udev events, until the namespace's block device exists and udev has processed
+    /// it (a by-id link, or an event for it). With `look_first` false (this call just made a
+    /// controller for a new head, and `events` and `links` were set up before it), nothing can
+    /// be ready before their first wake, so sysfs is not read while the kernel is busy scanning.
+    /// Joining a head that exists is the exception: no event will come, so sysfs is re-read
+    /// (2 ms, doubling to 50 ms) until this volume's path is in it.
     async fn wait_for_device(
         &self,
         guard: &FenceGuard,
@@ -1016,13 +1081,23 @@ impl Volumes {
         events: &mut broadcast::Receiver<Uevent>,
         links: Option<&LinkWatch>,
         timeout: Duration,
+        look_first: bool,
     ) -> Result<Arc<Topology>, NvmeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
         let mut processed: HashSet<String> = HashSet::new();
+        let mut look = look_first;
+        // Polling only while joining a head: the one wait no event can end.
+        let mut poll = JOIN_POLL_FIRST;
         loop {
-            let topo = self.rescan();
-            if let Some(ns) = select(&topo, &record.target, &names) {
+            let topo = if look {
+                self.rescan()
+            } else {
+                Arc::new(Topology::default())
+            };
+            look = true;
+            let found = select(&topo, &record.target, &names);
+            if let Some(ns) = found {
                 let dev_exists = self.inner.host.path(paths::DEV).join(&ns.block).exists();
                 if dev_exists
                     && (processed.contains(&ns.block)
@@ -1031,8 +1106,21 @@ impl Volumes {
                     return Ok(topo);
                 }
             }
-            // Only a block device appearing (or changing), or an nvme by-id link, can complete
-            // the wait: other events (controllers, hidden path nodes) do not cost a sysfs read.
+            let joining = found.is_none() && joining_head(&topo, &record.target, &names);
+            let wait = poll;
+            let next_look = async move {
+                if joining {
+                    tokio::time::sleep(wait).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(next_look);
+            if joining {
+                poll = (poll * 2).min(JOIN_POLL_MAX);
+            }
+            // Only a block device appearing (or changing) or an nvme by-id link can complete
+            // the wait: other events cost no sysfs read.
             let link = async {
                 match links {
                     Some(l) => l.nvme_link().await,
@@ -1044,17 +1132,14 @@ impl Volumes {
                 let ev = tokio::select! {
                     r = events.recv() => r,
                     _ = &mut link => break,
+                    _ = &mut next_look => break,
                     _ = tokio::time::sleep_until(deadline) => {
-                        return Err(self.timeout_error(record, &topo, &names, timeout));
+                        return Err(self.timeout_error(record, &self.rescan(), &names, timeout));
                     }
                     e = guard.until_lost() => return Err(e.into()),
                 };
                 match ev {
-                    Ok(ev)
-                        if ev.subsystem == "block"
-                            && ev.action != "remove"
-                            && sysfs::parse_path_name(&ev.sysname).is_none() =>
-                    {
+                    Ok(ev) if ev.subsystem == "block" && ev.action != "remove" => {
                         processed.insert(ev.sysname);
                         break;
                     }
@@ -1064,8 +1149,9 @@ impl Volumes {
                     // No more events will come: only the deadline or the fence can end this.
                     Err(broadcast::error::RecvError::Closed) => {
                         tokio::select! {
+                            _ = &mut next_look => break,
                             _ = tokio::time::sleep_until(deadline) => {
-                                return Err(self.timeout_error(record, &topo, &names, timeout));
+                                return Err(self.timeout_error(record, &self.rescan(), &names, timeout));
                             }
                             e = guard.until_lost() => return Err(e.into()),
                         }
@@ -1180,7 +1266,14 @@ impl Volumes {
         // The kernel's delete is synchronous; the block device's removal is not always.
         let deadline =
             tokio::time::Instant::now() + timeout.unwrap_or(self.inner.defaults.connect_timeout);
-        let sole_user = mine.len() == record.controllers.len();
+        // The device goes away only if nothing else reaches it: another volume's controller, or
+        // one made outside volfence that shares the namespace's head.
+        let sole_user = device.as_ref().is_some_and(|b| {
+            topo.namespaces
+                .iter()
+                .filter(|n| &n.block == b)
+                .all(|n| n.controllers.iter().all(|c| mine.contains(c)))
+        });
         loop {
             let topo = self.rescan();
             let ctrls_gone = mine.iter().all(|n| !topo.controllers.contains_key(n));
@@ -1223,6 +1316,35 @@ impl Volumes {
                     "lease lost: disconnecting volume {id} failed: {e}"
                 );
             }
+        }
+    }
+}
+
+/// A record write still running on a blocking thread.
+#[derive(Default)]
+struct PendingSave(Option<(PathBuf, tokio::task::JoinHandle<Result<(), HostError>>)>);
+
+/// What one connect has done to the kernel so far, for its wait and its rollback.
+#[derive(Default)]
+struct ConnectProgress {
+    /// Controllers this call made.
+    created: Vec<String>,
+    /// One of them joined a multipath head that already existed.
+    joined: bool,
+    pending: PendingSave,
+}
+
+impl PendingSave {
+    /// Waits for the write, if any; its error is the caller's.
+    async fn settle(&mut self) -> Result<(), HostError> {
+        match self.0.take() {
+            None => Ok(()),
+            Some((path, h)) => h.await.unwrap_or_else(|e| {
+                Err(HostError::Write {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }),
         }
     }
 }

@@ -33,7 +33,7 @@ t_nvme_shared_bodies() {
     local rc=$?
     grep -E '^test |test result' "$OUT/nvme-tests.log"
     [ $rc -eq 0 ] || { grep -B2 -A12 panicked "$OUT/nvme-tests.log" | head -60; return 1; }
-    grep -q 'test result: ok. 12 passed' "$OUT/nvme-tests.log"
+    grep -q 'test result: ok. 13 passed' "$OUT/nvme-tests.log"
 }
 check nvme-real-kernel-shared-test-bodies t_nvme_shared_bodies
 
