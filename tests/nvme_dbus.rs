@@ -139,9 +139,13 @@ async fn volumes_over_dbus_and_volfencectl() {
         args.object_path.as_str(),
         "/org/volfence/Agent1/volumes/vol_2d1"
     );
-    assert!(args
-        .interfaces_and_properties
-        .contains_key("org.volfence.Volume1"));
+    // Announced once the connect ended, with the final view: no `connecting` object first.
+    let props = &args.interfaces_and_properties["org.volfence.Volume1"];
+    assert_eq!(props["State"].downcast_ref::<&str>().unwrap(), "live");
+    assert_eq!(
+        props["Device"].downcast_ref::<&str>().unwrap(),
+        v["Device"].as_str().unwrap()
+    );
 
     // Table and show.
     let out = ctl(a, &["list"]).await;
@@ -172,6 +176,19 @@ async fn volumes_over_dbus_and_volfencectl() {
         .unwrap();
     let args = ev.args().unwrap();
     assert_eq!(args.interface_name.as_str(), "org.volfence.Volume1");
+    // One signal carries the whole change: the state and the path that caused it.
+    let changed = args.changed_properties();
+    assert_eq!(
+        changed["State"].downcast_ref::<&str>().unwrap(),
+        "degraded",
+        "{changed:?}"
+    );
+    let paths: Vec<(String, String, String)> =
+        changed["Paths"].try_clone().unwrap().try_into().unwrap();
+    assert!(
+        paths.iter().any(|p| p.2 != "live") && paths.len() == 2,
+        "{paths:?}"
+    );
     let state = vol
         .get("org.volfence.Volume1".try_into().unwrap(), "State")
         .await

@@ -189,38 +189,49 @@ impl VolumeObject {
     }
 }
 
+/// One `PropertiesChanged` with every property that differs, so a watcher sees a change (a
+/// connect ending: device, paths, state) at once and the bus carries one message, not eight.
 async fn emit_changes(
     iface: &InterfaceRef<VolumeObject>,
     old: &VolumeInfo,
     new: &VolumeInfo,
 ) -> zbus::Result<()> {
-    let e = iface.signal_emitter();
-    let o = iface.get().await;
+    let new_paths = paths(new);
+    let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
     if old.nsid != new.nsid {
-        o.nsid_changed(e).await?;
+        changed.insert("Nsid", new.nsid.into());
     }
     if old.uuid != new.uuid {
-        o.uuid_changed(e).await?;
+        changed.insert("Uuid", new.uuid.as_str().into());
     }
     if old.device != new.device {
-        o.device_changed(e).await?;
+        changed.insert("Device", new.device.as_str().into());
     }
     if old.stable_path != new.stable_path {
-        o.stable_path_changed(e).await?;
+        changed.insert("StablePath", new.stable_path.as_str().into());
     }
     if old.size_bytes != new.size_bytes {
-        o.size_bytes_changed(e).await?;
+        changed.insert("SizeBytes", new.size_bytes.into());
     }
     if old.state != new.state {
-        o.state_changed(e).await?;
+        changed.insert("State", new.state.as_str().into());
     }
     if old.paths != new.paths {
-        o.paths_changed(e).await?;
+        changed.insert("Paths", Variant::from(&new_paths));
     }
     if old.epoch != new.epoch {
-        o.epoch_changed(e).await?;
+        changed.insert("Epoch", new.epoch.into());
     }
-    Ok(())
+    if changed.is_empty() {
+        return Ok(());
+    }
+    zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        zbus::names::InterfaceName::from_static_str_unchecked(VOLUME_INTERFACE),
+        changed,
+        std::borrow::Cow::Borrowed(&[]),
+    )
+    .await
 }
 
 /// Keeps the per-volume objects in step with the manager until `shutdown`.
