@@ -1182,7 +1182,19 @@ impl Volumes {
             .filter(|n| n.subsysnqn == record.target.nqn)
             .map(|n| format!("nsid {}", n.nsid))
             .collect();
-        if live > 0 && select(topo, &record.target, names).is_none() && !in_subsys.is_empty() {
+        if live > 0
+            && select(topo, &record.target, names).is_none()
+            && head_exists(topo, &record.target)
+        {
+            NvmeError::NotFound(format!(
+                "{} {} exists (through other controllers) but none of volume {}'s controllers ({}) reaches it within {t:?}",
+                record.target.nqn,
+                record.target.namespace,
+                record.volume_id,
+                names.join(", ")
+            ))
+        } else if live > 0 && select(topo, &record.target, names).is_none() && !in_subsys.is_empty()
+        {
             NvmeError::NotFound(format!(
                 "subsystem {} has no namespace with {} (it has {})",
                 record.target.nqn,
