@@ -565,16 +565,15 @@ impl Fabrics for FakeKernel {
         let mut jobs = Vec::new();
         for ns in &namespaces {
             if self.inner.multipath {
-                let new_head = !st.heads.contains_key(&(s, ns.nsid));
-                let h = match st.heads.get(&(s, ns.nsid)) {
-                    Some(h) => *h,
+                let (h, new_head) = match st.heads.get(&(s, ns.nsid)) {
+                    Some(h) => (*h, false),
                     None => {
                         let h = st.next_head;
                         st.next_head += 1;
                         st.heads.insert((s, ns.nsid), h);
                         let block = format!("nvme{s}n{h}");
                         jobs.push(self.make_block(&sdir.join(&block), &block, ns, &serial));
-                        h
+                        (h, true)
                     }
                 };
                 let node = cdir.join(format!("nvme{s}c{i}n{h}")).join("nsid");

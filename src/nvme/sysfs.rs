@@ -240,8 +240,7 @@ impl Topology {
     }
 }
 
-/// Reads a sysfs attribute (at most a page, as sysfs serves) without the trailing newline. One
-/// open and one read: no size probe, no growing buffer — a full scan reads thousands of these.
+/// Reads the sysfs attribute `dir/name` (see [`read_attr`]).
 fn attr(dir: &Path, name: &str) -> Option<String> {
     read_attr(std::fs::File::open(dir.join(name)).ok()?)
 }
@@ -276,6 +275,8 @@ impl DirFd {
     }
 }
 
+/// An open attribute's value (at most a page, as sysfs serves) without the trailing newline.
+/// One read: no size probe, no growing buffer — a full scan reads thousands of these.
 fn read_attr(mut f: std::fs::File) -> Option<String> {
     use std::io::Read;
     let mut buf = [0u8; 4096];
