@@ -143,8 +143,13 @@ pub fn spawn_udev_monitor(tx: broadcast::Sender<Uevent>) -> std::io::Result<()> 
 /// links a connect waits for. udev creates them while it processes a device's event, before its
 /// `RUN` programs and before it announces the event, so a wait on links alone would lag behind
 /// a program that watches the directory. inotify, so a wait never polls.
+///
+/// One watch serves every wait for the life of the manager: closing an inotify instance that
+/// holds a watch waits for an SRCU grace period (about 15 ms), which a per-connect watch would
+/// add to every connect.
 pub struct LinkWatch {
-    fd: tokio::io::unix::AsyncFd<InotifyFd>,
+    seen: tokio::sync::watch::Receiver<u64>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 struct InotifyFd(nix::sys::inotify::Inotify);
@@ -156,8 +161,8 @@ impl std::os::fd::AsRawFd for InotifyFd {
 }
 
 impl LinkWatch {
-    /// Watches `dir`; `None` if it cannot (no such directory yet: the udev events still end the
-    /// wait, only a little later).
+    /// Watches `dir` from a task on the current runtime; `None` if it cannot (no such directory
+    /// yet: the udev events still end the wait, only a little later).
     pub fn new(dir: &std::path::Path) -> Option<LinkWatch> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
@@ -172,28 +177,119 @@ impl LinkWatch {
             )
         }
         .ok()?;
-        Some(LinkWatch { fd })
+        let (tx, seen) = tokio::sync::watch::channel(0u64);
+        let reader = tokio::spawn(async move {
+            read_links(&fd, &tx).await;
+            // Closing waits for that grace period: not on a runtime thread.
+            tokio::task::spawn_blocking(move || drop(fd));
+        });
+        Some(LinkWatch { seen, reader })
     }
 
-    /// Until an `nvme-*` entry appears.
-    pub async fn nvme_link(&self) {
-        loop {
-            let Ok(mut ready) = self.fd.readable().await else {
-                return std::future::pending().await;
-            };
-            match ready.get_inner().0.read_events() {
-                Ok(evs) => {
-                    if evs.iter().any(|e| {
-                        e.name
-                            .as_ref()
-                            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"nvme-"))
-                    }) {
-                        return;
-                    }
+    /// False once the watched directory was removed (or reading failed).
+    pub fn is_alive(&self) -> bool {
+        !self.reader.is_finished()
+    }
+
+    /// A waiter that wakes for every `nvme-*` link made after this call.
+    pub fn subscribe(&self) -> LinkWaiter {
+        let mut rx = self.seen.clone();
+        rx.mark_unchanged();
+        LinkWaiter(rx)
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Counts `nvme-*` links made in the watched directory until it is removed or reading fails.
+async fn read_links(
+    fd: &tokio::io::unix::AsyncFd<InotifyFd>,
+    tx: &tokio::sync::watch::Sender<u64>,
+) {
+    use nix::sys::inotify::AddWatchFlags;
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        match ready.get_inner().0.read_events() {
+            Ok(evs) => {
+                // The directory is gone (udev removes an emptied one): this watch will never
+                // fire again, and the manager makes a new one when the directory is back.
+                if evs
+                    .iter()
+                    .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+                {
+                    return;
                 }
-                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
-                Err(_) => return std::future::pending().await,
+                if evs.iter().any(|e| {
+                    e.name
+                        .as_ref()
+                        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"nvme-"))
+                }) {
+                    tx.send_modify(|n| *n += 1);
+                }
             }
+            Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+            // Waits end on udev events alone from here on.
+            Err(_) => return,
         }
+    }
+}
+
+/// See [`LinkWatch::subscribe`].
+pub struct LinkWaiter(tokio::sync::watch::Receiver<u64>);
+
+impl LinkWaiter {
+    /// Until an `nvme-*` link appears that this waiter has not yet woken for.
+    pub async fn nvme_link(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The watch is gone: only the udev events can end the wait.
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_link_watch_wakes_each_waiter_for_links_made_after_it_subscribed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("by-id");
+        std::fs::create_dir(&dir).unwrap();
+        let watch = LinkWatch::new(&dir).unwrap();
+        let mut first = watch.subscribe();
+        std::fs::write(dir.join("wwn-0x1"), "").unwrap();
+        std::fs::write(dir.join("nvme-uuid.1"), "").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), first.nvme_link())
+            .await
+            .expect("a new nvme- link wakes a waiter");
+        // The link above was seen before this waiter existed: it must not wake it.
+        let mut second = watch.subscribe();
+        assert!(second.nvme_link().now_or_never().is_none());
+        assert!(first.nvme_link().now_or_never().is_none());
+        std::fs::write(dir.join("nvme-uuid.2"), "").unwrap();
+        for w in [&mut first, &mut second] {
+            tokio::time::timeout(Duration::from_secs(5), w.nvme_link())
+                .await
+                .expect("both waiters wake for the same link");
+        }
+        // udev removes an emptied by-id directory: the watch reports itself dead, so the
+        // manager makes a new one once the directory is back.
+        assert!(watch.is_alive());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while watch.is_alive() {
+            assert!(tokio::time::Instant::now() < deadline, "watch still alive");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(LinkWatch::new(&dir).is_none());
     }
 }

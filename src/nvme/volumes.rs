@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::kernel::{Fabrics, LinkWatch, Uevent};
+use super::kernel::{Fabrics, LinkWaiter, LinkWatch, Uevent};
 use super::options::{
     validate_volume_id, ConnectArgs, ControllerKey, HostIdentity, OptionsError, Overrides,
     PathAddr, Selector, Target,
@@ -195,6 +195,8 @@ struct Inner {
     topology: Mutex<TopoCache>,
     changes: broadcast::Sender<VolumeEvent>,
     metrics: Option<Arc<Metrics>>,
+    /// The by-id link watch, made on the first connect that finds the directory.
+    links: Mutex<Option<LinkWatch>>,
 }
 
 struct TopoCache {
@@ -303,6 +305,7 @@ impl Volumes {
                 }),
                 changes: broadcast::channel(256).0,
                 metrics,
+                links: Mutex::new(None),
             }),
         }
     }
@@ -773,6 +776,15 @@ impl Volumes {
         Ok(())
     }
 
+    /// Wakes for by-id links made from now on; `None` while there is no by-id directory.
+    fn link_waiter(&self) -> Option<LinkWaiter> {
+        let mut links = self.inner.links.lock().unwrap();
+        if !links.as_ref().is_some_and(LinkWatch::is_alive) {
+            *links = LinkWatch::new(&self.inner.host.path(paths::DISK_BY_ID));
+        }
+        links.as_ref().map(LinkWatch::subscribe)
+    }
+
     /// Connects a volume, or returns it if it is already connected to the same target.
     pub async fn connect(
         &self,
@@ -823,7 +835,7 @@ impl Volumes {
         guard.check()?;
         // Subscribed before anything happens, so no event can slip between a check and a wait.
         let mut events = self.inner.events.subscribe();
-        let links = LinkWatch::new(&self.inner.host.path(paths::DISK_BY_ID));
+        let mut links = self.link_waiter();
         let existing = self
             .inner
             .volumes
@@ -877,7 +889,7 @@ impl Volumes {
                         guard,
                         &record,
                         &mut events,
-                        links.as_ref(),
+                        links.as_mut(),
                         timeout,
                         progress.created.is_empty() || progress.joined
                     ),
@@ -1079,7 +1091,7 @@ impl Volumes {
         guard: &FenceGuard,
         record: &Record,
         events: &mut broadcast::Receiver<Uevent>,
-        links: Option<&LinkWatch>,
+        mut links: Option<&mut LinkWaiter>,
         timeout: Duration,
         look_first: bool,
     ) -> Result<Arc<Topology>, NvmeError> {
@@ -1122,7 +1134,7 @@ impl Volumes {
             // Only a block device appearing (or changing) or an nvme by-id link can complete
             // the wait: other events cost no sysfs read.
             let link = async {
-                match links {
+                match links.as_deref_mut() {
                     Some(l) => l.nvme_link().await,
                     None => std::future::pending().await,
                 }
