@@ -516,13 +516,37 @@ async fn udev_slower_than_the_kernel_is_waited_for() {
         }
     });
     until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    // While the connect waits for udev, the record already names the controller and says
+    // connected: a crash from here on is adopted as it is, so the connect's end writes nothing.
+    let record = env.state.path().join("volumes/vol-u.json");
+    let ctrl = env.controllers_of(nqn)[0].0.clone();
+    until("record of the last controller", 5, || {
+        std::fs::read_to_string(&record).is_ok_and(|r| {
+            r.contains(&format!("\"{ctrl}\"")) && r.contains("\"phase\": \"connected\"")
+        })
+    })
+    .await;
+    let witness = env.state.path().join("record-witness-u");
+    std::fs::hard_link(&record, &witness).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !task.is_finished(),
         "connect returned before udev processed the device"
     );
+    assert_eq!(
+        v.get("vol-u").map(|i| i.state),
+        Some(VolumeState::Connecting),
+        "the live view says connecting until the device is up"
+    );
     fake.pause_udev(false);
     let info = task.await.unwrap().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().ino(),
+        std::fs::metadata(&witness).unwrap().ino(),
+        "the connect's end rewrote a record that was already final"
+    );
+    std::fs::remove_file(&witness).unwrap();
     assert!(
         env.dev(&info.device).exists() && !info.stable_path.is_empty(),
         "{info:?}"

@@ -447,11 +447,17 @@ impl Volumes {
     }
 
     /// [`Self::put_record`] with the write on a blocking thread, so it overlaps what comes next
-    /// (the wait for the device); `pending` must be settled before the next write of the record.
-    fn put_record_in_background(&self, r: &Record, pending: &mut PendingSave) {
+    /// (a sysfs scan, the wait for the device); `pending` must be settled before the kernel is
+    /// asked to act on it and before the next write of the record. `disk` is what is persisted
+    /// when recovery needs more than the in-memory record says (see the connect's last write).
+    fn put_record_in_background(&self, r: &Record, disk: Record, pending: &mut PendingSave) {
+        debug_assert!(pending.0.is_none(), "a record write is still pending");
         self.remember(r);
-        let (me, r, path) = (self.clone(), r.clone(), self.record_path(&r.volume_id));
-        pending.0 = Some((path, tokio::task::spawn_blocking(move || me.save(&r))));
+        if self.inner.on_disk.lock().unwrap().get(&disk.volume_id) == Some(&disk) {
+            return;
+        }
+        let (me, path) = (self.clone(), self.record_path(&disk.volume_id));
+        pending.0 = Some((path, tokio::task::spawn_blocking(move || me.save(&disk))));
     }
 
     fn remember(&self, r: &Record) {
@@ -891,7 +897,7 @@ impl Volumes {
                         &mut events,
                         links.as_mut(),
                         timeout,
-                        progress.created.is_empty() || progress.joined
+                        progress.first_look()
                     ),
                     progress.pending.settle()
                 );
@@ -977,16 +983,16 @@ impl Volumes {
         laps: &mut Laps,
     ) -> Result<(), NvmeError> {
         let id = record.volume_id.clone();
-        // The record exists before the kernel is asked, so a crash cannot leak what it makes.
-        // (Intermediate records are only persisted; their view is computed once the device is up.)
-        self.put_record(record)?;
-        laps.lap("record");
-        for a in args {
-            progress.pending.settle().await?;
+        // The record exists before the kernel is asked, so a crash cannot leak what it makes; its
+        // write overlaps the scan. (Intermediate records are only persisted; their view is
+        // computed once the device is up.)
+        self.put_record_in_background(record, record.clone(), &mut progress.pending);
+        for (i, a) in args.iter().enumerate() {
             let key = a.key();
             let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
             let _k = klock.lock().await;
             let topo = self.rescan();
+            progress.scanned = Some(topo.clone());
             laps.lap("scan");
             let owned_here: Vec<&OwnedCtrl> = record
                 .controllers
@@ -1015,21 +1021,26 @@ impl Volumes {
                     )));
                 }
                 // Another volume's controller to the same subsystem and path: share it.
-                let v = self.inner.volumes.lock().unwrap();
-                let o = v
+                let o = self
+                    .inner
+                    .volumes
+                    .lock()
+                    .unwrap()
                     .values()
                     .flat_map(|(r, _)| r.controllers.iter())
                     .find(|o| o.name == c.name)
                     .cloned();
-                drop(v);
                 if let Some(o) = o {
                     record.controllers.push(o);
+                    progress.pending.settle().await?;
                     self.put_record(record)?;
                     continue;
                 }
             }
             // A head that exists gets no event when this controller's path joins it.
             progress.joined |= head_exists(&topo, &record.target);
+            progress.pending.settle().await?;
+            laps.lap("record");
             guard.refresh()?;
             let (f, line) = (self.inner.fabrics.clone(), a.to_string());
             tracing::debug!(
@@ -1066,7 +1077,20 @@ impl Volumes {
                 cntlid: parsed.cntlid,
                 path: a.path.clone(),
             });
-            self.put_record_in_background(record, &mut progress.pending);
+            // Once the last controller is recorded, recovery needs nothing more: a crash from
+            // here adopts what the record names either way, so the disk says `connected` now
+            // and the connect's end has nothing to write. In memory the volume stays connecting
+            // (no view, no announcement) until its device is up.
+            let disk = if i + 1 == args.len() {
+                Record {
+                    phase: Phase::Connected,
+                    epoch: guard.epoch(),
+                    ..record.clone()
+                }
+            } else {
+                record.clone()
+            };
+            self.put_record_in_background(record, disk, &mut progress.pending);
             laps.lap("record");
             tracing::info!(
                 VOLUME = id.as_str(),
@@ -1081,11 +1105,9 @@ impl Volumes {
     }
 
     /// Waits, on udev events, until the namespace's block device exists and udev has processed
-    /// it (a by-id link, or an event for it). With `look_first` false (this call just made a
-    /// controller for a new head, and `events` and `links` were set up before it), nothing can
-    /// be ready before their first wake, so sysfs is not read while the kernel is busy scanning.
-    /// Joining a head that exists is the exception: no event will come, so sysfs is re-read
-    /// (2 ms, doubling to 50 ms) until this volume's path is in it.
+    /// it (a by-id link, or an event for it), starting from `first` (see [`FirstLook`]).
+    /// Joining a head that exists is the one wait no event can end: sysfs is re-read (2 ms,
+    /// doubling to 50 ms) until this volume's path is in it.
     async fn wait_for_device(
         &self,
         guard: &FenceGuard,
@@ -1093,21 +1115,20 @@ impl Volumes {
         events: &mut broadcast::Receiver<Uevent>,
         mut links: Option<&mut LinkWaiter>,
         timeout: Duration,
-        look_first: bool,
+        first: FirstLook,
     ) -> Result<Arc<Topology>, NvmeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
         let mut processed: HashSet<String> = HashSet::new();
-        let mut look = look_first;
+        let mut first = Some(first);
         // Polling only while joining a head: the one wait no event can end.
         let mut poll = JOIN_POLL_FIRST;
         loop {
-            let topo = if look {
-                self.rescan()
-            } else {
-                Arc::new(Topology::default())
+            let topo = match first.take() {
+                Some(FirstLook::Scanned(t)) => t,
+                Some(FirstLook::Wake) => Arc::new(Topology::default()),
+                Some(FirstLook::Rescan) | None => self.rescan(),
             };
-            look = true;
             let found = select(&topo, &record.target, &names);
             if let Some(ns) = found {
                 let dev_exists = self.inner.host.path(paths::DEV).join(&ns.block).exists();
@@ -1356,6 +1377,30 @@ struct ConnectProgress {
     /// One of them joined a multipath head that already existed.
     joined: bool,
     pending: PendingSave,
+    /// The last sysfs scan before the kernel was asked for anything.
+    scanned: Option<Arc<Topology>>,
+}
+
+/// Where a device wait starts.
+enum FirstLook {
+    /// This call made nothing: the scan it just did is current.
+    Scanned(Arc<Topology>),
+    /// A path joined a head that exists: no event will come, so read sysfs now.
+    Rescan,
+    /// This call made a controller for a new head, and the events and link watch were set up
+    /// before it: nothing can be ready before their first wake, so sysfs is not read while the
+    /// kernel is busy scanning.
+    Wake,
+}
+
+impl ConnectProgress {
+    fn first_look(&mut self) -> FirstLook {
+        match (self.created.is_empty(), self.joined, self.scanned.take()) {
+            (true, _, Some(t)) => FirstLook::Scanned(t),
+            (false, false, _) => FirstLook::Wake,
+            _ => FirstLook::Rescan,
+        }
+    }
 }
 
 impl PendingSave {
@@ -1373,7 +1418,7 @@ impl PendingSave {
     }
 }
 
-/// Where a connect's time went (debug log): `prepare=0.1ms record=0.4ms scan=2.0ms …`.
+/// Where a connect's time went (the `connected` log line): `prepare=0.1ms scan=2.0ms record=0.4ms …`.
 struct Laps {
     last: Instant,
     laps: Vec<(&'static str, Duration)>,
