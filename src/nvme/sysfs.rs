@@ -11,7 +11,7 @@
 //!   multipath the head block devices `nvme<S>n<H>` (the `/dev` nodes volumes use).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::host::Host;
 
@@ -276,18 +276,19 @@ impl DirFd {
 }
 
 /// An open attribute's value (at most a page, as sysfs serves) without the trailing newline.
-/// One read: no size probe, no growing buffer — a full scan reads thousands of these.
+/// One read: sysfs hands over the whole attribute in the first read, so there is no size
+/// probe, no growing buffer and no read just to see the end — a full scan reads thousands of
+/// these, and on a slow guest each system call is tens of microseconds.
 fn read_attr(mut f: std::fs::File) -> Option<String> {
     use std::io::Read;
     let mut buf = [0u8; 4096];
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
-    }
+    };
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     Some(text.trim_end_matches('\n').to_string())
 }
@@ -419,10 +420,14 @@ fn read_heads(subsys_class: &Path, sname: &str) -> Vec<Namespace> {
 /// a syscall round trip, and the goal for 1,000 namespaces is 20 ms.
 fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     const MIN_PER_THREAD: usize = 32;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
-        .min(items.len() / MIN_PER_THREAD);
+    // Asked once: std reads the cgroup's CPU quota files on every call.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let by_items = items.len() / MIN_PER_THREAD;
+    if by_items < 2 {
+        return items.iter().map(f).collect();
+    }
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cpus.min(4).min(by_items);
     if threads < 2 {
         return items.iter().map(f).collect();
     }
@@ -444,10 +449,17 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
     let by_id = host.path(BY_ID);
     let dev = host.path(crate::host::paths::DEV).join(&ns.block);
+    // udev's links are relative (`../../nvme0n1`) and /dev/disk/by-id is a plain directory:
+    // resolved by name, one readlink, not a canonicalize that reads every path component.
     let points_here = |link: &str| {
-        std::fs::canonicalize(by_id.join(link))
-            .map(|p| p == dev || std::fs::canonicalize(&dev).map(|d| d == p).unwrap_or(false))
-            .unwrap_or(false)
+        std::fs::read_link(by_id.join(link)).is_ok_and(|target| {
+            let resolved = if target.is_absolute() {
+                host.path(&target)
+            } else {
+                by_id.join(&target)
+            };
+            lexical(&resolved) == dev && dev.exists()
+        })
     };
     let mut preferred = Vec::new();
     if let Some(u) = &ns.uuid {
@@ -468,6 +480,22 @@ pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
         .filter(|n| n.starts_with("nvme-"))
         .find(|n| points_here(n))
         .map(|n| format!("{BY_ID}/{n}"))
+}
+
+/// `p` with `.` and `..` resolved by name.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -564,6 +592,52 @@ mod captured {
             ("127.0.0.1", "4701", Some("127.0.0.1"))
         );
         assert_eq!(a.host_iface, None);
+    }
+
+    #[test]
+    fn stable_links_are_resolved_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Host::new(root.path());
+        let by_id = host.path(BY_ID);
+        std::fs::create_dir_all(&by_id).unwrap();
+        for d in ["nvme0n1", "nvme1n1"] {
+            std::fs::write(host.path("/dev").join(d), "").unwrap();
+        }
+        let link = |name: &str, to: &str| std::os::unix::fs::symlink(to, by_id.join(name)).unwrap();
+        link("nvme-uuid.aaaa", "../../nvme0n1");
+        link("nvme-eui.bbbb", "../../nvme1n1");
+        link("nvme-Linux_serial", "/dev/nvme1n1");
+        link("nvme-dangling", "../../nvme9n1");
+        let ns = |block: &str, uuid: Option<&str>, nguid: Option<&str>| Namespace {
+            block: block.into(),
+            subsysnqn: "nqn.2024-01.io.volfence.test:links".into(),
+            nsid: 1,
+            uuid: uuid.map(Into::into),
+            nguid: nguid.map(Into::into),
+            dir: PathBuf::new(),
+            controllers: vec![],
+            multipath: true,
+        };
+        assert_eq!(
+            stable_link(&host, &ns("nvme0n1", Some("aaaa"), Some("bbbb"))).as_deref(),
+            Some("/dev/disk/by-id/nvme-uuid.aaaa")
+        );
+        // The eui link names nvme1n1: a uuid link pointing elsewhere is never taken.
+        assert_eq!(
+            stable_link(&host, &ns("nvme1n1", Some("aaaa"), Some("bbbb"))).as_deref(),
+            Some("/dev/disk/by-id/nvme-eui.bbbb")
+        );
+        // No id links for it: any nvme- link that resolves to it (absolute targets are under
+        // the host's root).
+        assert_eq!(
+            stable_link(&host, &ns("nvme1n1", None, None)).as_deref(),
+            Some("/dev/disk/by-id/nvme-Linux_serial")
+        );
+        assert_eq!(stable_link(&host, &ns("nvme9n1", None, None)), None);
+        assert_eq!(
+            lexical(Path::new("/a/dev/disk/by-id/./../../nvme0n1")),
+            PathBuf::from("/a/dev/nvme0n1")
+        );
     }
 
     #[test]
