@@ -83,7 +83,7 @@ t_nvme_agent() {
     target_add "$FNQN" 4600 1 || return 1
     printf '[metrics]\nlisten = "127.0.0.1:9479"\n' > "$W/nvme-agent.toml"
     rm -rf /var/lib/volfence /run/volfence
-    spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+    SPAWN_LOG_PIPE=1 spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
     wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
     expect_rc 0 "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     json_assert 's["State"] == "live"' 's["Device"].startswith("/dev/nvme")' 's["StablePath"].startswith("/dev/disk/by-id/nvme-uuid.")' 's["SizeBytes"] == 64 << 20' || return 1
@@ -125,7 +125,7 @@ t_nvme_sigkill() {
         kill -KILL "$(spawned_pid nagent)"
         wait_for 10 spawned_exited nagent
         stop_spawned kconn 5
-        spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+        SPAWN_LOG_PIPE=1 spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
         wait_for 60 fence_held || { tail -20 "$OUT/nagent.log"; return 1; }
         local lrc; run_rc lrc "$VOLFENCECTL" list --json
         i=$(ctrls_of "$VNQN" | wc -l)
