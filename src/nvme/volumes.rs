@@ -401,8 +401,13 @@ impl Volumes {
             .clone()
     }
 
+    /// The record file already holds `r`: writing it again would change nothing.
+    fn is_on_disk(&self, r: &Record) -> bool {
+        self.inner.on_disk.lock().unwrap().get(&r.volume_id) == Some(r)
+    }
+
     fn save(&self, r: &Record) -> Result<(), HostError> {
-        if self.inner.on_disk.lock().unwrap().get(&r.volume_id) == Some(r) {
+        if self.is_on_disk(r) {
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(r).expect("records serialize");
@@ -453,7 +458,8 @@ impl Volumes {
     fn put_record_in_background(&self, r: &Record, disk: Record, pending: &mut PendingSave) {
         debug_assert!(pending.0.is_none(), "a record write is still pending");
         self.remember(r);
-        if self.inner.on_disk.lock().unwrap().get(&disk.volume_id) == Some(&disk) {
+        // No blocking thread for a write `save` would skip.
+        if self.is_on_disk(&disk) {
             return;
         }
         let (me, path) = (self.clone(), self.record_path(&disk.volume_id));
