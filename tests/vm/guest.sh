@@ -38,6 +38,11 @@ for case_file in "$HERE"/cases/*.sh; do
     fi
     echo "--- $(basename "$case_file")"
     echo "##### $case_file" >> "$LOG"
+    # Sourcing stops silently at a syntax error and the checks after it would just be missing.
+    if ! bash -n "$case_file" 2>> "$LOG"; then
+        FAIL=$((FAIL + 1)); echo "FAIL $(basename "$case_file" .sh): does not parse (see $LOG)"
+        continue
+    fi
     # shellcheck source=/dev/null
     . "$case_file"
 done
