@@ -73,6 +73,17 @@ fn main() {
         })
         .collect();
 
+    // One volume's view (what a connect's device wait and the health re-read do): its
+    // controller and the heads it reaches, among all of the host's.
+    let one = vec![topo.namespaces[0].controllers[0].clone()];
+    let views: Vec<Duration> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(volfence::nvme::sysfs::scan_controllers(&host, &one));
+            t.elapsed()
+        })
+        .collect();
+
     // Cached lookups (the cache is clean: nothing marked it stale).
     let lookups = 20_000;
     let t = Instant::now();
@@ -111,6 +122,13 @@ fn main() {
         "full rescan: median {:.2} ms (goal ≤ 20 ms, ratio to goal {:.3})",
         scan.as_secs_f64() * 1e3,
         scan.as_secs_f64() * 1e3 / 20.0
+    );
+    let view = median(views);
+    println!(
+        "one volume's view (1 controller, {PER_SUBSYSTEM} heads): median {:.1} µs; full rescan / \
+         that = {:.0}",
+        view.as_secs_f64() * 1e6,
+        scan.as_secs_f64() / view.as_secs_f64()
     );
     println!(
         "one sysfs attribute read by known path: {:.2} µs; cached lookup / that read = {:.3}; \

@@ -333,16 +333,33 @@ fn read_namespace(
 /// Reads every controller, subsystem and namespace. Tolerates entries that disappear mid-walk
 /// (the kernel tears them down asynchronously).
 pub fn scan(host: &Host) -> Topology {
-    let class = host.path(CLASS_NVME);
-    let names: Vec<String> = read_dir_names(&class)
+    let names: Vec<String> = read_dir_names(&host.path(CLASS_NVME))
         .into_iter()
         .filter(|n| parse_ctrl_name(n).is_some())
         .collect();
+    read_topology(host, &names, false)
+}
+
+/// Only the controllers `names` (those that exist), the multipath heads their paths reach and
+/// their own namespaces: what one volume's view needs. Its cost follows the volume, not the
+/// host — a full [`scan`] of a thousand namespaces is thousands of reads. A head shows only the
+/// controllers among `names` that reach it.
+pub fn scan_controllers(host: &Host, names: &[String]) -> Topology {
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| parse_ctrl_name(n).is_some())
+        .cloned()
+        .collect();
+    read_topology(host, &names, true)
+}
+
+fn read_topology(host: &Host, names: &[String], only_reached: bool) -> Topology {
+    let class = host.path(CLASS_NVME);
     let mut controllers = BTreeMap::new();
     let mut namespaces = Vec::new();
     // head name -> controllers reaching it, from the path nodes
     let mut head_paths: HashMap<String, Vec<String>> = HashMap::new();
-    for (c, heads, own) in par_map(&names, |n| read_controller(&class, n))
+    for (c, heads, own) in par_map(names, |n| read_controller(&class, n))
         .into_iter()
         .flatten()
     {
@@ -353,8 +370,19 @@ pub fn scan(host: &Host) -> Topology {
         controllers.insert(c.name.clone(), c);
     }
     let subsys_class = host.path(CLASS_SUBSYS);
-    let subsystems = read_dir_names(&subsys_class);
-    for mut ns in par_map(&subsystems, |s| read_heads(&subsys_class, s))
+    let subsystems: Vec<String> = if only_reached {
+        // Head `nvme<S>n<H>` belongs to subsystem `nvme-subsys<S>` (drivers/nvme/host/core.c).
+        let reached: std::collections::BTreeSet<String> = head_paths
+            .keys()
+            .filter_map(|h| parse_ns_name(h))
+            .map(|(s, _)| format!("nvme-subsys{s}"))
+            .collect();
+        reached.into_iter().collect()
+    } else {
+        read_dir_names(&subsys_class)
+    };
+    let wanted = |head: &str| !only_reached || head_paths.contains_key(head);
+    for mut ns in par_map(&subsystems, |s| read_heads(&subsys_class, s, &wanted))
         .into_iter()
         .flatten()
     {
@@ -399,8 +427,12 @@ fn read_controller(class: &Path, name: &str) -> Option<(Controller, Vec<String>,
     Some((c, heads, own))
 }
 
-/// The multipath heads of subsystem `sname`.
-fn read_heads(subsys_class: &Path, sname: &str) -> Vec<Namespace> {
+/// The multipath heads of subsystem `sname` that are `wanted`.
+fn read_heads(
+    subsys_class: &Path,
+    sname: &str,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> Vec<Namespace> {
     let dir = subsys_class.join(sname);
     let Some(fd) = DirFd::open(&dir) else {
         return Vec::new();
@@ -410,7 +442,7 @@ fn read_heads(subsys_class: &Path, sname: &str) -> Vec<Namespace> {
     };
     read_dir_names(&dir)
         .into_iter()
-        .filter(|child| parse_ns_name(child).is_some())
+        .filter(|child| parse_ns_name(child).is_some() && wanted(child))
         .filter_map(|child| read_namespace(&fd, &dir, &child, &nqn, true))
         .collect()
 }
@@ -638,6 +670,33 @@ mod captured {
             lexical(Path::new("/a/dev/disk/by-id/./../../nvme0n1")),
             PathBuf::from("/a/dev/nvme0n1")
         );
+    }
+
+    #[test]
+    fn one_volume_view_reads_only_its_controllers() {
+        let host = Host::new(fixture());
+        let nqn = "nqn.2024-01.io.volfence.vm:capture";
+        let full = scan(&host);
+        let t = scan_controllers(&host, &["nvme1".to_string()]);
+        assert_eq!(t.controllers.keys().collect::<Vec<_>>(), vec!["nvme1"]);
+        assert_eq!(t.controllers["nvme1"], full.controllers["nvme1"]);
+        // Both heads, each as reached by nvme1 only; otherwise as the full scan reads them.
+        assert_eq!(t.namespaces.len(), 2);
+        for ns in &t.namespaces {
+            let mut whole = full
+                .namespaces
+                .iter()
+                .find(|f| f.block == ns.block)
+                .unwrap()
+                .clone();
+            whole.controllers = vec!["nvme1".to_string()];
+            assert_eq!(*ns, whole);
+        }
+        assert_eq!(t.by_nsid(nqn, 2).next().unwrap().block, "nvme0n2");
+        // Gone or never there: an empty view, not an error; names that are not controllers are
+        // not looked up at all.
+        let none = scan_controllers(&host, &["nvme9".to_string(), "../nvme-subsys0".to_string()]);
+        assert!(none.controllers.is_empty() && none.namespaces.is_empty());
     }
 
     #[test]

@@ -604,8 +604,9 @@ impl Volumes {
 
     /// Re-reads sysfs and updates every connected volume's state (health). Volumes in the
     /// middle of a connect or disconnect are left to it: it computes their view when it ends.
+    /// Reads only their controllers and what those reach, so its cost follows this agent's
+    /// volumes, not every namespace on the host, and nothing when none is connected.
     pub fn refresh(&self) {
-        let topo = self.rescan();
         let records: Vec<Record> = self
             .inner
             .volumes
@@ -615,6 +616,14 @@ impl Volumes {
             .filter(|(r, _)| r.phase == Phase::Connected)
             .map(|(r, _)| r.clone())
             .collect();
+        if records.is_empty() {
+            return;
+        }
+        let names: Vec<String> = records
+            .iter()
+            .flat_map(|r| r.controllers.iter().map(|c| c.name.clone()))
+            .collect();
+        let topo = sysfs::scan_controllers(&self.inner.host, &names);
         for r in records {
             self.apply(r, &topo, true);
         }
@@ -1133,7 +1142,20 @@ impl Volumes {
             let topo = match first.take() {
                 Some(FirstLook::Scanned(t)) => t,
                 Some(FirstLook::Wake) => Arc::new(Topology::default()),
-                Some(FirstLook::Rescan) | None => self.rescan(),
+                Some(FirstLook::Rescan) => self.rescan(),
+                // Woken: this volume's controllers and heads are read, not the whole host; all
+                // of sysfs only while they do not show the device, to see a head being joined.
+                None => {
+                    // What woke this changed sysfs: the host's cache is read again when next
+                    // asked, even if the event watcher has not seen the event yet.
+                    self.invalidate();
+                    let view = Arc::new(sysfs::scan_controllers(&self.inner.host, &names));
+                    if select(&view, &record.target, &names).is_some() {
+                        view
+                    } else {
+                        self.rescan()
+                    }
+                }
             };
             let found = select(&topo, &record.target, &names);
             if let Some(ns) = found {
