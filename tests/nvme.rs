@@ -273,6 +273,29 @@ async fn restart_adopts_and_does_not_reconnect() {
     assert!(env.controllers_of(nqn).is_empty());
 }
 
+/// Takes the target's port away and waits until volume `id` is reported lost.
+async fn lose_port(
+    env: &Env,
+    nqn: &str,
+    port: u16,
+    changes: &mut tokio::sync::broadcast::Receiver<VolumeEvent>,
+    id: &str,
+) {
+    env.set_port(nqn, port, false);
+    let lost = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match changes.recv().await {
+                Ok(VolumeEvent::Lost(id)) => return id,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("VolumeEvent::Lost within 40 s");
+    assert_eq!(lost, id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_target_is_reported_and_nothing_hangs() {
     let env = Env::new().await;
@@ -285,8 +308,7 @@ async fn dead_target_is_reported_and_nothing_hangs() {
         async move { v.watch(s).await }
     });
     let mut changes = v.subscribe();
-    v.connect(
-        &env.guard(),
+    let dead_req = || {
         req(
             "vol-dead",
             target(nqn, &[4460], nsid(1)),
@@ -294,26 +316,26 @@ async fn dead_target_is_reported_and_nothing_hangs() {
                 ("ctrl_loss_tmo", OptValue::Int(2)),
                 ("reconnect_delay", OptValue::Int(1)),
             ],
-        ),
-    )
-    .await
-    .unwrap();
-    env.set_port(nqn, 4460, false);
-    let lost = tokio::time::timeout(Duration::from_secs(40), async {
-        loop {
-            match changes.recv().await {
-                Ok(VolumeEvent::Lost(id)) => return id,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("VolumeEvent::Lost within 40 s");
-    assert_eq!(lost, "vol-dead");
+        )
+    };
+    let guard = env.guard();
+    let first = v.connect(&guard, dead_req()).await.unwrap();
+    lose_port(&env, nqn, 4460, &mut changes, "vol-dead").await;
     let i = v.get("vol-dead").unwrap();
     assert_eq!(i.state, VolumeState::Dead);
     assert!(i.paths.iter().all(|p| p.state == "gone"), "{i:?}");
+    // The target is back: the same Connect again drops the gone controller from the record and
+    // makes a new one, rather than answering with the dead one.
+    env.set_port(nqn, 4460, true);
+    let back = v.connect(&guard, dead_req()).await.unwrap();
+    assert_eq!(back.state, VolumeState::Live, "{back:?}");
+    assert_eq!(back.paths.len(), 1, "{back:?}");
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(back.paths[0].controller.clone(), "live".to_string())]
+    );
+    assert_eq!(back.uuid, first.uuid);
+    lose_port(&env, nqn, 4460, &mut changes, "vol-dead").await;
     // Disconnect of a dead volume: nothing to delete, the record goes.
     tokio::time::timeout(Duration::from_secs(10), v.disconnect("vol-dead", None))
         .await

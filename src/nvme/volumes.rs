@@ -1002,23 +1002,34 @@ impl Volumes {
         // write overlaps the scan. (Intermediate records are only persisted; their view is
         // computed once the device is up.)
         self.put_record_in_background(record, record.clone(), &mut progress.pending);
+        // A repeated Connect (orchestrators repeat them): the volume's own controllers, read
+        // alone, usually show every path alive, and then nothing else on the host is read.
+        let own_view = (!record.controllers.is_empty()).then(|| {
+            let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
+            Arc::new(sysfs::scan_controllers(&self.inner.host, &names))
+        });
+        let reusable = |record: &Record, a: &ConnectArgs, topo: &Topology| {
+            record.controllers.iter().any(|o| {
+                o.path == a.path
+                    && topo
+                        .controllers
+                        .get(&o.name)
+                        .is_some_and(|c| is_same(c, o, &a.nqn) && c.state.is_alive())
+            })
+        };
         for (i, a) in args.iter().enumerate() {
             let key = a.key();
             let klock = Self::lock_for(&self.inner.key_locks, &key_string(&key));
             let _k = klock.lock().await;
+            if let Some(view) = own_view.as_ref().filter(|v| reusable(record, a, v)) {
+                progress.scanned = Some(view.clone());
+                laps.lap("scan");
+                continue;
+            }
             let topo = self.rescan();
             progress.scanned = Some(topo.clone());
             laps.lap("scan");
-            let owned_here: Vec<&OwnedCtrl> = record
-                .controllers
-                .iter()
-                .filter(|o| o.path == a.path)
-                .collect();
-            if owned_here.iter().any(|o| {
-                topo.controllers
-                    .get(&o.name)
-                    .is_some_and(|c| is_same(c, o, &a.nqn) && c.state.is_alive())
-            }) {
+            if reusable(record, a, &topo) {
                 continue;
             }
             // Drop stale entries for this path (the kernel deleted them).
