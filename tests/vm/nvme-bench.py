@@ -24,6 +24,7 @@ bus = dbus.SystemBus()
 agent_obj = bus.get_object("org.volfence.Agent1", "/org/volfence/Agent1")
 agent = dbus.Interface(agent_obj, "org.volfence.Agent1")
 peer = dbus.Interface(agent_obj, "org.freedesktop.DBus.Peer")
+daemon = dbus.Interface(bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"), "org.freedesktop.DBus")
 target = {"nqn": nqn, "traddr": "127.0.0.1", "trsvcid": dbus.UInt32(int(port)), "nsid": dbus.UInt32(1)}
 
 
@@ -66,14 +67,17 @@ def raw():
 
 
 def dbus_roundtrip():
-    # What any call over the bus costs here, for reading the agent's figure: Peer.Ping (the
-    # transport and zbus's dispatch, none of the agent's code) and a call that does no work
+    # What any call over the bus costs here, for reading the agent's figure: GetId (answered by
+    # the bus daemon itself: the client library and one hop each way), Peer.Ping (two hops each
+    # way and zbus's dispatch, none of the agent's code) and a call that does no work
     # (ListVolumes; no volume is connected when it runs).
+    t = time.monotonic()
+    daemon.GetId()
     t0 = time.monotonic()
     peer.Ping()
     t1 = time.monotonic()
     agent.ListVolumes()
-    return t1 - t0, time.monotonic() - t1
+    return t0 - t, t1 - t0, time.monotonic() - t1
 
 
 def agent_connect():
@@ -91,15 +95,15 @@ def agent_connect():
     return took
 
 
-a, r, raw_write, ping, rt, again = [], [], [], [], [], []
+a, r, raw_write, bus_id, ping, rt, again = [], [], [], [], [], [], []
 raw(); agent_connect()  # warm-up, not counted
 for i in range(rounds):
     if i % 2:
         r.append(raw()); a.append(agent_connect())
     else:
         a.append(agent_connect()); r.append(raw())
-    p, l = dbus_roundtrip()
-    ping.append(p); rt.append(l)
+    d, p, l = dbus_roundtrip()
+    bus_id.append(d); ping.append(p); rt.append(l)
 for i, (x, y, w) in enumerate(zip(a, r, raw_write[1:])):
     print(f"bench round {i}: agent_ms={x*1000:.1f} raw_ms={y*1000:.1f} raw_write_ms={w*1000:.1f}")
 ma, mr = statistics.median(a), statistics.median(r)
@@ -107,6 +111,7 @@ paired = statistics.median(x / y for x, y in zip(a, r))
 print(f"bench connect: rounds={rounds} agent_median_ms={ma*1000:.1f} raw_median_ms={mr*1000:.1f} "
       f"ratio={ma/mr:.3f} agent_min_ms={min(a)*1000:.1f} raw_min_ms={min(r)*1000:.1f} "
       f"raw_write_median_ms={statistics.median(raw_write[1:])*1000:.1f} paired_ratio_median={paired:.3f} "
+      f"bus_getid_median_ms={statistics.median(bus_id)*1000:.1f} "
       f"dbus_ping_median_ms={statistics.median(ping)*1000:.1f} "
       f"dbus_roundtrip_median_ms={statistics.median(rt)*1000:.1f} "
       f"connect_again_median_ms={statistics.median(again[1:])*1000:.1f}")
