@@ -343,13 +343,14 @@ pub fn scan(host: &Host) -> Topology {
 /// Only the controllers `names` (those that exist), the multipath heads their paths reach and
 /// their own namespaces: what one volume's view needs. Its cost follows the volume, not the
 /// host — a full [`scan`] of a thousand namespaces is thousands of reads. A head shows only the
-/// controllers among `names` that reach it.
+/// controllers among `names` that reach it. A name given twice (two volumes sharing a
+/// controller) is read once.
 pub fn scan_controllers(host: &Host, names: &[String]) -> Topology {
-    let names: Vec<String> = names
+    let names: std::collections::BTreeSet<&String> = names
         .iter()
         .filter(|n| parse_ctrl_name(n).is_some())
-        .cloned()
         .collect();
+    let names: Vec<String> = names.into_iter().cloned().collect();
     read_topology(host, &names, true)
 }
 
@@ -677,7 +678,7 @@ mod captured {
         let host = Host::new(fixture());
         let nqn = "nqn.2024-01.io.volfence.vm:capture";
         let full = scan(&host);
-        let t = scan_controllers(&host, &["nvme1".to_string()]);
+        let t = scan_controllers(&host, &["nvme1".to_string(), "nvme1".to_string()]);
         assert_eq!(t.controllers.keys().collect::<Vec<_>>(), vec!["nvme1"]);
         assert_eq!(t.controllers["nvme1"], full.controllers["nvme1"]);
         // Both heads, each as reached by nvme1 only; otherwise as the full scan reads them.
