@@ -109,6 +109,13 @@ pub struct Record {
     pub epoch: u64,
 }
 
+impl Record {
+    /// The kernel names of the controllers it owns.
+    fn controller_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.controllers.iter().map(|c| c.name.clone())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeState {
     Connecting,
@@ -382,7 +389,7 @@ impl Volumes {
         let v = self.inner.volumes.lock().unwrap();
         v.iter()
             .filter(|(id, _)| Some(id.as_str()) != except)
-            .flat_map(|(_, (r, _))| r.controllers.iter().map(|c| c.name.clone()))
+            .flat_map(|(_, (r, _))| r.controller_names())
             .collect()
     }
 
@@ -619,10 +626,7 @@ impl Volumes {
         if records.is_empty() {
             return;
         }
-        let names: Vec<String> = records
-            .iter()
-            .flat_map(|r| r.controllers.iter().map(|c| c.name.clone()))
-            .collect();
+        let names: Vec<String> = records.iter().flat_map(Record::controller_names).collect();
         let topo = sysfs::scan_controllers(&self.inner.host, &names);
         for r in records {
             self.apply(r, &topo, true);
@@ -706,10 +710,8 @@ impl Volumes {
         }
         let topo = self.rescan();
         // First pass: everything recorded by name is owned.
-        let mut claimed: HashSet<String> = records
-            .iter()
-            .flat_map(|r| r.controllers.iter().map(|c| c.name.clone()))
-            .collect();
+        let mut claimed: HashSet<String> =
+            records.iter().flat_map(Record::controller_names).collect();
         let mut disconnecting = Vec::new();
         for mut r in records {
             let before = r.controllers.clone();
@@ -1005,7 +1007,7 @@ impl Volumes {
         // A repeated Connect (orchestrators repeat them): the volume's own controllers, read
         // alone, usually show every path alive, and then nothing else on the host is read.
         let own_view = (!record.controllers.is_empty()).then(|| {
-            let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
+            let names: Vec<String> = record.controller_names().collect();
             Arc::new(sysfs::scan_controllers(&self.inner.host, &names))
         });
         let reusable = |record: &Record, a: &ConnectArgs, topo: &Topology| {
@@ -1144,7 +1146,7 @@ impl Volumes {
         first: FirstLook,
     ) -> Result<Arc<Topology>, NvmeError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let names: Vec<String> = record.controllers.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = record.controller_names().collect();
         let mut processed: HashSet<String> = HashSet::new();
         let mut first = Some(first);
         // Polling only while joining a head: the one wait no event can end.
