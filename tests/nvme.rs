@@ -273,6 +273,42 @@ async fn restart_adopts_and_does_not_reconnect() {
     assert!(env.controllers_of(nqn).is_empty());
 }
 
+/// Records are written without looking the directory up first; one removed under a running
+/// agent is made again by the next write, and what that write records is adopted after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_directory_removed_under_the_agent_is_made_again() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:records";
+    env.add_target(nqn, &[4451], &[1, 2], 16 * MIB);
+    let first = env.volumes();
+    first
+        .connect(
+            &env.guard(),
+            req("vol-a", target(nqn, &[4451], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    let dir = env.state.path().join("volumes");
+    assert!(dir.join("vol-a.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let b = first
+        .connect(
+            &env.guard(),
+            req("vol-b", target(nqn, &[4451], nsid(2)), &[]),
+        )
+        .await
+        .unwrap();
+    assert!(dir.join("vol-b.json").exists(), "the record was written");
+    drop(first);
+    let second = env.volumes();
+    second.recover().await.unwrap();
+    let after = second.get("vol-b").expect("adopted from the new record");
+    assert_eq!(after.device, b.device);
+    // vol-a's record went with the directory: the agent no longer claims it.
+    assert!(second.get("vol-a").is_none());
+    second.disconnect("vol-b", None).await.unwrap();
+}
+
 /// Takes the target's port away and waits until volume `id` is reported lost.
 async fn lose_port(
     env: &Env,

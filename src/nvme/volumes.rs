@@ -418,11 +418,23 @@ impl Volumes {
             return Ok(());
         }
         let json = serde_json::to_vec_pretty(r).expect("records serialize");
-        std::fs::create_dir_all(&self.inner.records_dir).map_err(|source| HostError::Write {
-            path: self.inner.records_dir.clone(),
-            source,
-        })?;
-        crate::host::write_atomic(&self.record_path(&r.volume_id), &json)?;
+        let path = self.record_path(&r.volume_id);
+        // The directory is made when a write finds it missing (the first record, or someone
+        // removed it), not looked up before every write: a connect waits for its first record.
+        match crate::host::write_atomic(&path, &json) {
+            Err(HostError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                std::fs::create_dir_all(&self.inner.records_dir).map_err(|source| {
+                    HostError::Write {
+                        path: self.inner.records_dir.clone(),
+                        source,
+                    }
+                })?;
+                crate::host::write_atomic(&path, &json)?
+            }
+            written => written?,
+        }
         self.inner
             .on_disk
             .lock()
