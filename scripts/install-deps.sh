@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # DEPS_ONLY=build: only what building and running the agent needs (scripts/demo.sh).
 BUILD_PKGS=(pkg-config libudev-dev dbus dbus-daemon)
-TEST_PKGS=(python3-dbus systemd lintian dpkg-dev qemu-system-x86 busybox-static nvme-cli lvm2
+TEST_PKGS=(python3 systemd lintian dpkg-dev qemu-system-x86 busybox-static nvme-cli lvm2
            udev kmod e2fsprogs xfsprogs file procps util-linux)
 if [ "${DEPS_ONLY:-}" = build ]; then APT_PKGS=("${BUILD_PKGS[@]}"); else APT_PKGS=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"); fi
 VIRTME_NG_VERSION=1.42

@@ -20,6 +20,9 @@
 # Environment knobs:
 #   VOLFENCED, VOLFENCECTL  binaries under test (default target/release/{volfenced,volfencectl})
 #   VOLFENCE_EMULATOR       the API emulator run in the guest (default target/release/volfence-kube-emulator)
+#   VOLFENCE_NVME_TESTS     the NVMe test bodies (default: built by `cargo test --test nvme --no-run`)
+#   VOLFENCE_CONNECT_BENCH  the connect benchmark (default: built by `cargo bench --bench nvme_connect --no-run`)
+#   NVME_BENCH_ROUNDS       rounds of the connect benchmark (default in cases/40-nvme.sh)
 #   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot
 #   VM_CASES="10-base 20-agent 40-nvme"  run only these cases in the main boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
@@ -46,14 +49,18 @@ VOLFENCED=${VOLFENCED:-$REPO/target/release/volfenced}
 VOLFENCECTL=${VOLFENCECTL:-$REPO/target/release/volfencectl}
 VOLFENCE_EMULATOR=${VOLFENCE_EMULATOR:-$REPO/target/release/volfence-kube-emulator}
 # The NVMe test bodies (tests/nvme.rs), run in the guest against the real kernel.
-if [ -z "${VOLFENCE_NVME_TESTS:-}" ]; then
-    VOLFENCE_NVME_TESTS=$(cd "$REPO" && cargo test --test nvme --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
+# The connect benchmark's client (benches/nvme_connect.rs), built like `cargo bench` builds it.
+# Prints the executable cargo built for target $1 from its JSON messages (the rest of the arguments).
+cargo_executable() {
+    local name=$1; shift
+    (cd "$REPO" && cargo "$@" --message-format=json 2>/dev/null) | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "nvme" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-fi
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$name" | tail -1
+}
+[ -n "${VOLFENCE_NVME_TESTS:-}" ] || VOLFENCE_NVME_TESTS=$(cargo_executable nvme test --test nvme --no-run)
+[ -n "${VOLFENCE_CONNECT_BENCH:-}" ] || VOLFENCE_CONNECT_BENCH=$(cargo_executable nvme_connect bench --bench nvme_connect --no-run)
 VOLFENCE_DEB=${VOLFENCE_DEB:-$REPO/target/debian/volfence_0.1.0-1_amd64.deb}
 
 T_ALL=$EPOCHREALTIME
@@ -147,7 +154,7 @@ phase kernel
 # ------------------------------------------------------------------ 3. artifacts under test
 check_artifacts() {
     local f
-    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS"; do
+    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS" "$VOLFENCE_CONNECT_BENCH"; do
         [ -x "$f" ] || die "$f is missing or not executable (cargo build --release, or set VOLFENCED/VOLFENCECTL)"
     done
     [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
@@ -155,6 +162,7 @@ check_artifacts() {
     VOLFENCED=$(readlink -f "$VOLFENCED"); VOLFENCECTL=$(readlink -f "$VOLFENCECTL")
     VOLFENCE_EMULATOR=$(readlink -f "$VOLFENCE_EMULATOR")
     VOLFENCE_NVME_TESTS=$(readlink -f "$VOLFENCE_NVME_TESTS")
+    VOLFENCE_CONNECT_BENCH=$(readlink -f "$VOLFENCE_CONNECT_BENCH")
     VOLFENCE_DEB=$(readlink -f "$VOLFENCE_DEB")
     echo "[host] under test: $VOLFENCED ($("$VOLFENCED" --version 2>&1)), $VOLFENCECTL, $VOLFENCE_DEB"
 }
@@ -172,6 +180,7 @@ QEMU_OPTS+=" -device i6300esb"
 # --exec goes through a shell in the guest: quote every value
 GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
     VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
+    VOLFENCE_CONNECT_BENCH "$VOLFENCE_CONNECT_BENCH" NVME_BENCH_ROUNDS "${NVME_BENCH_ROUNDS:-}" \
     VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}" VM_CASES "${VM_CASES:-}")
 GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"

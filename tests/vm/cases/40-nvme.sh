@@ -149,13 +149,14 @@ t_nvme_bench() {
     expect_rc 0 "$VOLFENCECTL" connect bench-vol --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     uuid=$(json_str Uuid)
     expect_rc 0 "$VOLFENCECTL" disconnect bench-vol || return 1
-    /usr/bin/python3 "$HERE/nvme-bench.py" "$VNQN" 4600 "$uuid" "${NVME_BENCH_ROUNDS:-60}" | tee "$OUT/nvme-bench.txt"
+    # 150 rounds: the median of 60 still moved by about ±3% between identical runs here.
+    "$VOLFENCE_CONNECT_BENCH" "$VNQN" 4600 "$uuid" "${NVME_BENCH_ROUNDS:-150}" | tee "$OUT/nvme-bench.txt"
     grep -q '^bench connect:' "$OUT/nvme-bench.txt" || return 1
     # where the agent's time went, per connect (its own log line)
     grep -o 'volume bench-vol: connected .* in .*' "$OUT/nagent.log" | sed 's/.* in /agent laps: /' >> "$OUT/nvme-bench.txt"
 }
 # About a second per round under TCG, several on a loaded machine.
-STEP_TIMEOUT=400 check nvme-connect-benchmark t_nvme_bench
+STEP_TIMEOUT=800 check nvme-connect-benchmark t_nvme_bench
 
 t_nvme_teardown() {
     stop_spawned nagent 15
