@@ -347,12 +347,13 @@ async fn snapshot(
                 let mut last = String::new();
                 loop {
                     let p = job.phase().await?;
+                    // The end is printed once, as the job's summary below.
+                    if p == "succeeded" || p == "failed" {
+                        break;
+                    }
                     if p != last {
                         eprintln!("{request_id}: {p} — {}", job.message().await?);
                         last = p.clone();
-                    }
-                    if p == "succeeded" || p == "failed" {
-                        break;
                     }
                     tokio::select! {
                         _ = done.next() => {}

@@ -61,6 +61,9 @@ snap_roundtrip() {
     cat "$OUT/w-$id.log"
     [ "$(spawned_rc "w-$id")" = 0 ] || return 1
     grep -q '"Phase": "succeeded"' "$OUT/w-$id.log" || return 1
+    # progress on stderr while it runs; the end once, as the summary
+    grep -q "^$id: running — " "$OUT/w-$id.log" || fail "no progress line for running" || return 1
+    ! grep -q "^$id: succeeded" "$OUT/w-$id.log" || fail "the end printed as progress too" || return 1
     [ "$(cat "$EXO/$id.before")" = "before-$lv" ] || fail "executor did not see before.txt" || return 1
     [ ! -e "$EXO/$id.after" ] || fail "executor saw a file written after the snapshot" || return 1
     rm -f "$W/o-$lv/after.txt"
