@@ -6,7 +6,8 @@
 //!   until udev has made the namespace's by-id link.
 //!
 //! Both waits are on events (inotify on /dev/disk/by-id for the raw path, as a udev-aware program
-//! would), so neither burns CPU that udev needs. The client is compiled, like the programs that
+//! would), so neither burns CPU that udev needs, and each starts once udev has no event queued
+//! (the previous round's teardown processed). The client is compiled, like the programs that
 //! call the agent in production (a CSI driver, `volfencectl`): the figure is the agent and the
 //! bus, not a scripting language's marshalling. Prints medians, their ratio (goal ≤ 1.05) with a
 //! bootstrap 95% interval, the median of per-round ratios, and what a bare call over the bus costs.
@@ -27,6 +28,7 @@ use zbus::proxy::CacheProperties;
 use zbus::Variant;
 
 const BY_ID: &str = "/dev/disk/by-id";
+const UDEV_RUN: &str = "/run/udev";
 const VOLUME: &str = "bench-vol";
 
 struct Args {
@@ -52,7 +54,8 @@ fn parse_args() -> Option<Args> {
     })
 }
 
-/// Woken by every change in /dev/disk/by-id, where udev makes its links.
+/// Woken by every change in /dev/disk/by-id, where udev makes its links, and in /run/udev, where
+/// udevd keeps its `queue` file while events are pending (what `udevadm settle` watches).
 struct LinkDir(Inotify);
 
 impl LinkDir {
@@ -63,9 +66,18 @@ impl LinkDir {
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_MOVED_FROM;
-        ino.add_watch(BY_ID, mask)
-            .unwrap_or_else(|e| panic!("inotify on {BY_ID}: {e}"));
+        for dir in [BY_ID, UDEV_RUN] {
+            ino.add_watch(dir, mask)
+                .unwrap_or_else(|e| panic!("inotify on {dir}: {e}"));
+        }
         LinkDir(ino)
+    }
+
+    /// Until udev has no event queued: each timed path starts from a quiet udev, not while the
+    /// previous round's teardown is still being processed.
+    fn settle(&self) {
+        let queue = Path::new(UDEV_RUN).join("queue");
+        self.wait("udev to settle", || !queue.exists());
     }
 
     fn wait(&self, what: &str, pred: impl Fn() -> bool) {
@@ -153,6 +165,7 @@ impl Bench {
 
     /// The kernel's own path; returns (until usable, the fabrics write alone).
     fn raw(&self) -> (Duration, Duration) {
+        self.dir.settle();
         let t0 = Instant::now();
         let mut f = OpenOptions::new()
             .read(true)
@@ -189,6 +202,7 @@ impl Bench {
     /// The agent's Connect; returns (until usable, the same call again).
     fn agent(&self) -> (Duration, Duration) {
         let none = || HashMap::<&str, Variant<'_>>::new();
+        self.dir.settle();
         let r = self.rt.block_on(async {
             let t0 = Instant::now();
             let (dev, _) = self
