@@ -1161,6 +1161,9 @@ impl Volumes {
         let names: Vec<String> = record.controller_names().collect();
         let mut processed: HashSet<String> = HashSet::new();
         let mut first = Some(first);
+        // The look that showed this volume's namespace with its device node: later wakes (udev's
+        // links, one by one) only wait for udev, and read nothing in sysfs while it stays so.
+        let mut showed: Option<Arc<Topology>> = None;
         // Polling only while joining a head: the one wait no event can end.
         let mut poll = JOIN_POLL_FIRST;
         loop {
@@ -1174,22 +1177,31 @@ impl Volumes {
                     // What woke this changed sysfs: the host's cache is read again when next
                     // asked, even if the event watcher has not seen the event yet.
                     self.invalidate();
-                    let view = Arc::new(sysfs::scan_controllers(&self.inner.host, &names));
-                    if select(&view, &record.target, &names).is_some() {
-                        view
-                    } else {
-                        self.rescan()
+                    match showed
+                        .take()
+                        .filter(|t| self.device_node_of(t, record, &names))
+                    {
+                        Some(t) => t,
+                        None => {
+                            let view = Arc::new(sysfs::scan_controllers(&self.inner.host, &names));
+                            if select(&view, &record.target, &names).is_some() {
+                                view
+                            } else {
+                                self.rescan()
+                            }
+                        }
                     }
                 }
             };
             let found = select(&topo, &record.target, &names);
             if let Some(ns) = found {
-                let dev_exists = self.inner.host.path(paths::DEV).join(&ns.block).exists();
-                if dev_exists
-                    && (processed.contains(&ns.block)
-                        || sysfs::stable_link(&self.inner.host, ns).is_some())
-                {
-                    return Ok(topo);
+                if self.inner.host.path(paths::DEV).join(&ns.block).exists() {
+                    if processed.contains(&ns.block)
+                        || sysfs::stable_link(&self.inner.host, ns).is_some()
+                    {
+                        return Ok(topo);
+                    }
+                    showed = Some(topo.clone());
                 }
             }
             let joining = found.is_none() && joining_head(&topo, &record.target, &names);
@@ -1245,6 +1257,12 @@ impl Volumes {
                 }
             }
         }
+    }
+
+    /// Whether the namespace `topo` shows for `record` still has its device node.
+    fn device_node_of(&self, topo: &Topology, record: &Record, names: &[String]) -> bool {
+        select(topo, &record.target, names)
+            .is_some_and(|ns| self.inner.host.path(paths::DEV).join(&ns.block).exists())
     }
 
     fn timeout_error(
