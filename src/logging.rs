@@ -1,5 +1,5 @@
 //! Logging: journald when stderr is the journal (or when configured), else human-readable stderr.
-//! Structured fields (`EPOCH`, `VOLUME_ID`, `NQN`, …) are written upper-case so `journalctl -o
+//! Structured fields (`EPOCH`, `VOLUME`, `NQN`, …) are written upper-case so `journalctl -o
 //! verbose` and `journalctl EPOCH=3` show and match them as they are.
 
 use std::sync::Mutex;
@@ -84,7 +84,10 @@ pub fn init(settings: &LogSettings) -> Result<LogHandle, LogError> {
     let (journal_layer, fmt_layer) = if journald {
         let l = tracing_journald::layer()
             .map_err(LogError::Journald)?
-            .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string());
+            .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
+            // tracing-journald writes `F_EPOCH` unless told otherwise; the fields are documented
+            // (and matched by operators) as `EPOCH=`, `VOLUME=`, `REQUEST_ID=`.
+            .with_field_prefix(None);
         (Some(l), None)
     } else {
         use std::io::IsTerminal;

@@ -1,5 +1,6 @@
 # tests/vm/cases/10-base.sh - the guest environment the later cases stand on: the kernel's
-# modules, udev, a system D-Bus carrying the project's policy, the extra devices run.sh adds.
+# modules, udev, journald, a system D-Bus carrying the project's policy, the extra devices
+# run.sh adds.
 # Sourced by guest.sh (see lib.sh for check, wait_for, ...).
 
 t_env() {
@@ -37,6 +38,14 @@ t_system_bus() {
     busctl --system --no-pager list
 }
 check system-dbus-with-policy t_system_bus
+
+t_journald() {
+    start_journald || return 1
+    local tag="vmtest-$$-$RANDOM"
+    echo "journal works" | systemd-cat -t "$tag" || return 1
+    wait_for 10 eval 'journalctl -q --no-pager -t "$tag" -o cat | grep -qx "journal works"'
+}
+check journald-running t_journald
 
 t_modules() {
     local m
