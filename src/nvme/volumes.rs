@@ -511,6 +511,19 @@ impl Volumes {
     /// still `r`: a health refresh must never resurrect a volume a disconnect just forgot, nor
     /// undo a phase a connect just stored.
     fn apply(&self, r: Record, topo: &Topology, only_if_current: bool) -> Option<VolumeInfo> {
+        let (info, events) = self.apply_unannounced(r, topo, only_if_current)?;
+        self.announce(events);
+        Some(info)
+    }
+
+    /// [`Self::apply`] without telling the subscribers: the caller passes the events to
+    /// [`Self::announce`].
+    fn apply_unannounced(
+        &self,
+        r: Record,
+        topo: &Topology,
+        only_if_current: bool,
+    ) -> Option<(VolumeInfo, Vec<VolumeEvent>)> {
         let info = self.describe(&r, topo);
         let id = r.volume_id.clone();
         let prev = {
@@ -520,14 +533,11 @@ impl Volumes {
             }
             v.insert(id.clone(), (r, info.clone()))
         };
-        let ev = match &prev {
-            None => Some(VolumeEvent::Added(id.clone())),
-            Some((_, old)) if *old != info => Some(VolumeEvent::Changed(id.clone())),
-            _ => None,
+        let mut events: Vec<VolumeEvent> = match &prev {
+            None => vec![VolumeEvent::Added(id.clone())],
+            Some((_, old)) if *old != info => vec![VolumeEvent::Changed(id.clone())],
+            _ => vec![],
         };
-        if let Some(ev) = ev {
-            let _ = self.inner.changes.send(ev);
-        }
         let was_dead = prev
             .map(|(_, i)| i.state == VolumeState::Dead)
             .unwrap_or(false);
@@ -541,10 +551,17 @@ impl Volumes {
             if let Some(m) = &self.inner.metrics {
                 m.nvme_volumes_lost.inc();
             }
-            let _ = self.inner.changes.send(VolumeEvent::Lost(id));
+            events.push(VolumeEvent::Lost(id));
         }
         self.publish_state_gauge();
-        Some(info)
+        Some((info, events))
+    }
+
+    fn announce(&self, events: Vec<VolumeEvent>) {
+        for ev in events {
+            // No subscriber is fine.
+            let _ = self.inner.changes.send(ev);
+        }
     }
 
     fn publish_state_gauge(&self) {
@@ -942,18 +959,35 @@ impl Volumes {
             Ok(topo) => {
                 record.phase = Phase::Connected;
                 record.epoch = guard.epoch();
-                let info = self.store(record, &topo)?;
+                let through = record
+                    .controllers
+                    .iter()
+                    .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.save(&record)?;
+                let (info, events) = self
+                    .apply_unannounced(record, &topo, false)
+                    .expect("unconditional updates apply");
                 laps.lap("store");
-                if !was_connected {
-                    tracing::info!(
-                        VOLUME = id,
-                        EPOCH = guard.epoch(),
-                        "volume {id}: connected {} as {} ({}) in {laps}",
-                        info.nqn,
-                        info.device,
-                        info.stable_path
-                    );
-                }
+                let line = (!was_connected).then(|| {
+                    format!(
+                        "volume {id}: connected {} as {} ({}) through {through} in {laps}",
+                        info.nqn, info.device, info.stable_path
+                    )
+                });
+                let (this, id, epoch) = (self.clone(), id.to_string(), guard.epoch());
+                // From a task of its own, which runs once this one yields (tokio runs a task
+                // spawned from a worker next on that worker): the volume's announcement (its
+                // D-Bus object and signal) and the log line (journald waking up to take it)
+                // follow the reply the caller waits for, instead of competing with it while
+                // udev still works on the device. At worst they run alongside, as before.
+                tokio::spawn(async move {
+                    this.announce(events);
+                    if let Some(line) = line {
+                        tracing::info!(VOLUME = id.as_str(), EPOCH = epoch, "{line}");
+                    }
+                });
                 Ok(info)
             }
             Err(e) => {
@@ -1132,7 +1166,9 @@ impl Volumes {
             };
             self.put_record_in_background(record, disk, &mut progress.pending);
             laps.lap("record");
-            tracing::info!(
+            // The connect's end names it at info level; this one line would be a second journal
+            // entry while udev works on the device.
+            tracing::debug!(
                 VOLUME = id.as_str(),
                 EPOCH = guard.epoch(),
                 "volume {id}: controller {name} (cntlid {}) to {} at {}",
