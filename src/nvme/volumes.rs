@@ -498,13 +498,22 @@ impl Volumes {
 
     /// Persists `r` and updates the in-memory view from `topo`.
     fn store(&self, r: Record, topo: &Topology) -> Result<VolumeInfo, HostError> {
-        self.save(&r)?;
-        Ok(self.update(r, topo))
+        let (info, events) = self.store_unannounced(r, topo)?;
+        self.announce(events);
+        Ok(info)
     }
 
-    fn update(&self, r: Record, topo: &Topology) -> VolumeInfo {
-        self.apply(r, topo, false)
-            .expect("unconditional updates apply")
+    /// [`Self::store`] without telling the subscribers: the caller passes the events to
+    /// [`Self::announce`].
+    fn store_unannounced(
+        &self,
+        r: Record,
+        topo: &Topology,
+    ) -> Result<(VolumeInfo, Vec<VolumeEvent>), HostError> {
+        self.save(&r)?;
+        Ok(self
+            .apply_unannounced(r, topo, false)
+            .expect("unconditional updates apply"))
     }
 
     /// Recomputes a volume's view. With `only_if_current`, applies only if the stored record is
@@ -959,23 +968,26 @@ impl Volumes {
             Ok(topo) => {
                 record.phase = Phase::Connected;
                 record.epoch = guard.epoch();
-                let through = record
-                    .controllers
-                    .iter()
-                    .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.save(&record)?;
-                let (info, events) = self
-                    .apply_unannounced(record, &topo, false)
-                    .expect("unconditional updates apply");
+                // A repeated Connect logs nothing and usually announces nothing.
+                let through = (!was_connected).then(|| {
+                    record
+                        .controllers
+                        .iter()
+                        .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                let (info, events) = self.store_unannounced(record, &topo)?;
                 laps.lap("store");
-                let line = (!was_connected).then(|| {
+                let line = through.map(|through| {
                     format!(
                         "volume {id}: connected {} as {} ({}) through {through} in {laps}",
                         info.nqn, info.device, info.stable_path
                     )
                 });
+                if events.is_empty() && line.is_none() {
+                    return Ok(info);
+                }
                 let (this, id, epoch) = (self.clone(), id.to_string(), guard.epoch());
                 // From a task of its own, which runs once this one yields (tokio runs a task
                 // spawned from a worker next on that worker): the volume's announcement (its
@@ -1231,7 +1243,7 @@ impl Volumes {
             };
             let found = select(&topo, &record.target, &names);
             if let Some(ns) = found {
-                if self.inner.host.path(paths::DEV).join(&ns.block).exists() {
+                if self.has_node(ns) {
                     if processed.contains(&ns.block)
                         || sysfs::stable_link(&self.inner.host, ns).is_some()
                     {
@@ -1297,8 +1309,11 @@ impl Volumes {
 
     /// Whether the namespace `topo` shows for `record` still has its device node.
     fn device_node_of(&self, topo: &Topology, record: &Record, names: &[String]) -> bool {
-        select(topo, &record.target, names)
-            .is_some_and(|ns| self.inner.host.path(paths::DEV).join(&ns.block).exists())
+        select(topo, &record.target, names).is_some_and(|ns| self.has_node(ns))
+    }
+
+    fn has_node(&self, ns: &Namespace) -> bool {
+        self.inner.host.path(paths::DEV).join(&ns.block).exists()
     }
 
     fn timeout_error(
