@@ -240,17 +240,20 @@ impl Snapshots {
         crate::host::write_atomic(&self.path_of(&job.request_id), &json)
     }
 
-    /// Applies `f` to the job under the lock, persists, announces. The only way jobs change.
+    /// Applies `f` to the job and persists it, both under the lock; announces. The only way
+    /// jobs change. Persisting under the lock keeps the disk in step with memory: two updates
+    /// cannot reach the disk out of order, and what a reader sees is already on disk (a
+    /// restart right after it finds the same).
     fn update<R>(&self, id: &str, f: impl FnOnce(&mut Job) -> R) -> Option<R> {
-        let (r, job) = {
+        let r = {
             let mut jobs = self.inner.jobs.lock().unwrap();
             let e = jobs.get_mut(id)?;
             let r = f(&mut e.job);
-            (r, e.job.clone())
+            if let Err(err) = self.persist(&e.job) {
+                tracing::error!(REQUEST_ID = id, "persisting snapshot job: {err}");
+            }
+            r
         };
-        if let Err(e) = self.persist(&job) {
-            tracing::error!(REQUEST_ID = id, "persisting snapshot job: {e}");
-        }
         let _ = self.inner.changes.send(JobEvent::Changed(id.to_string()));
         self.publish_phase_gauge();
         Some(r)
