@@ -66,6 +66,9 @@ as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
 # ---------------------------------------------------------------- the check framework
 # check NAME FUNC [ARGS...] : run FUNC in a subshell (output -> detail log) under a watchdog
 # of STEP_TIMEOUT seconds. State that later checks need must go through files in $W.
+# AFTER_FAIL, if a case sets it, names a function run after each of its checks that fails: it
+# puts back what the case's later checks start from, so one failure is reported once instead of
+# again by every check that finds its leftovers.
 check() {
     local name=$1; shift
     local t0 pid rc deadline timed_out=0
@@ -96,6 +99,10 @@ check() {
         echo "--- [$name] FAIL rc=$rc" >> "$LOG"
         echo "--- last lines of [$name] in $LOG:"
         awk -v h="=== [$name] " 'index($0, h) == 1 {p = 1} p' "$LOG" | tail -n 25 | sed 's/^/    /'
+        if [ -n "${AFTER_FAIL:-}" ]; then
+            echo "=== [$name] after the failure: $AFTER_FAIL" >> "$LOG"
+            "$AFTER_FAIL" >> "$LOG" 2>&1 || echo "    ($AFTER_FAIL could not restore the case's state: see $LOG)"
+        fi
     fi
 }
 

@@ -80,6 +80,22 @@ t_nvme_capture_sysfs() {
 }
 check nvme-capture-real-sysfs t_nvme_capture_sysfs
 
+# After a failed check from here on: the agent running with the fence held, none of its volumes
+# connected, no controller to the test subsystems. A check that fails returns before its own
+# cleanup; without this, the next ones would fail on its leftovers (a controller that is still
+# there, EALREADY in the benchmark's raw path) and hide which check broke.
+nvme_restore() {
+    spawned_running nagent || spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+    wait_for 60 fence_held || return 1
+    local v c
+    for v in $("$VOLFENCECTL" list --json | /usr/bin/python3 -c 'import json, sys; print(*(v["VolumeId"] for v in json.load(sys.stdin)))'); do
+        "$VOLFENCECTL" disconnect "$v"
+    done
+    for c in $(ctrls_of "$VNQN") $(ctrls_of "$FNQN"); do echo 1 > "/sys/class/nvme/$c/delete_controller"; done
+    udevadm settle -t 20
+    [ -z "$(ctrls_of "$VNQN")$(ctrls_of "$FNQN")" ] || fail "controllers left: $(ctrls_of "$VNQN") $(ctrls_of "$FNQN")"
+}
+
 t_nvme_agent() {
     target_add "$VNQN" 4600 1 || return 1
     target_add "$FNQN" 4600 1 || return 1
@@ -109,6 +125,8 @@ t_nvme_agent() {
     [ -z "$(ctrls_of "$VNQN")" ] && [ ! -e "$dev" ] || fail "disconnect left $(ctrls_of "$VNQN") / $dev" || return 1
     expect_rc 0 "$VOLFENCECTL" disconnect vol-a
 }
+# The agent starts in the first of these checks; after any of them that fails, nvme_restore.
+AFTER_FAIL=nvme_restore
 check nvme-agent-connect-io-idempotent-disconnect t_nvme_agent
 
 t_nvme_foreign() {
@@ -175,4 +193,5 @@ t_nvme_teardown() {
     done
     [ -z "$(ls $NVMET/subsystems)" ]
 }
+AFTER_FAIL=
 check nvme-teardown t_nvme_teardown
