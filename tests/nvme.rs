@@ -632,6 +632,26 @@ async fn udev_slower_than_the_kernel_is_waited_for() {
     );
     fake.set_udev_run_time(Duration::ZERO);
     v.disconnect("vol-u", None).await.unwrap();
+
+    // udev makes a device's links one at a time, in no fixed order: the first may be the
+    // subsystem-wide nvme-<model>_<serial>, which any namespace of the subsystem can hold. The
+    // connect ends once the namespace's own id link is there, and returns that one.
+    fake.set_udev_link_gap(Duration::from_millis(200));
+    let info = v
+        .connect(
+            &env.guard(),
+            req("vol-u", target(nqn, &[4510], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    fake.set_udev_link_gap(Duration::ZERO);
+    assert_eq!(
+        info.stable_path,
+        format!("/dev/disk/by-id/nvme-uuid.{}", info.uuid),
+        "{info:?}"
+    );
+    assert!(env.dev(&info.stable_path).exists(), "{info:?}");
+    v.disconnect("vol-u", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,8 @@ struct State {
     pending_udev: Vec<Box<dyn FnOnce() + Send>>,
     /// How long udev's `RUN` programs take for a block device: between its links and its event.
     udev_run_time: Duration,
+    /// How long udev takes between two of a block device's links.
+    udev_link_gap: Duration,
 }
 
 struct Inner {
@@ -181,6 +183,13 @@ impl FakeKernel {
     /// and its links exist that long before udev announces the event.
     pub fn set_udev_run_time(&self, t: Duration) {
         self.inner.state.lock().unwrap().udev_run_time = t;
+    }
+
+    /// Makes udev take `t` between two links of a block device. It makes them in the order of
+    /// its own hash table; this fake makes the id link (`nvme-uuid.…`) last, after the
+    /// subsystem-wide `nvme-Linux_<serial>` that every namespace of the subsystem claims.
+    pub fn set_udev_link_gap(&self, t: Duration) {
+        self.inner.state.lock().unwrap().udev_link_gap = t;
     }
 
     /// Stops (or resumes) udev from processing new devices.
@@ -313,16 +322,24 @@ impl FakeKernel {
             if let Ok(f) = std::fs::File::create(&dev) {
                 let _ = f.set_len(ns.size_bytes);
             }
+            // What 60-persistent-storage.rules makes: model_serial (claimed by every namespace of
+            // the subsystem; the last one processed has it), model_serial_nsid, and the link
+            // named by the kernel's `wwid` (uuid first).
             let links = [
-                format!("nvme-uuid.{}", ns.uuid),
-                format!("nvme-eui.{}", ns.nguid),
+                format!("nvme-Linux_{serial}"),
                 format!("nvme-Linux_{serial}_{}", ns.nsid),
+                format!("nvme-uuid.{}", ns.uuid),
             ];
             let by_id = host.path(BY_ID);
-            for l in &links {
-                let p = by_id.join(l);
-                let _ = std::fs::remove_file(&p);
-                let _ = std::os::unix::fs::symlink(format!("../../{block}"), &p);
+            let gap = me.inner.state.lock().unwrap().udev_link_gap;
+            for (i, l) in links.iter().enumerate() {
+                if i > 0 {
+                    std::thread::sleep(gap);
+                }
+                // As udev does: made aside, then renamed into place.
+                let (p, tmp) = (by_id.join(l), by_id.join(format!(".#{l}")));
+                let _ = std::os::unix::fs::symlink(format!("../../{block}"), &tmp);
+                let _ = std::fs::rename(&tmp, &p);
             }
             let run_time = me.inner.state.lock().unwrap().udev_run_time;
             std::thread::sleep(run_time);

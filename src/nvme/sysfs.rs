@@ -477,42 +477,76 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     })
 }
 
-/// The udev-made stable name of a namespace, if udev has made it: `nvme-uuid.<uuid>`, else
-/// `nvme-eui.<nguid>`, else any `nvme-*` link that resolves to the device.
-pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
+/// The by-id names udev gives a namespace from the kernel's `wwid`, best first:
+/// `nvme-uuid.<uuid>`, else `nvme-eui.<nguid>` (the kernel's own order). Empty when the
+/// namespace has neither.
+fn id_link_names(ns: &Namespace) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(u) = &ns.uuid {
+        names.push(format!("nvme-uuid.{u}"));
+    }
+    if let Some(g) = &ns.nguid {
+        names.push(format!("nvme-eui.{}", normalize_id(g)));
+    }
+    names
+}
+
+/// Whether by-id name `link` names namespace `ns` alone. udev also makes
+/// `nvme-<model>_<serial>`, which every namespace of the subsystem claims (the last one udev
+/// processed wins): it is never a stable name for any of them.
+fn names_one_namespace(link: &str, ns: &Namespace) -> bool {
+    ["nvme-uuid.", "nvme-eui.", "nvme-nvme."]
+        .iter()
+        .any(|p| link.starts_with(p))
+        || (link.starts_with("nvme-") && link.ends_with(&format!("_{}", ns.nsid)))
+}
+
+/// Whether `/dev/disk/by-id/<link>` resolves to the namespace's device node, and it exists.
+fn points_to(host: &Host, link: &str, ns: &Namespace) -> bool {
     let by_id = host.path(BY_ID);
     let dev = host.path(crate::host::paths::DEV).join(&ns.block);
     // udev's links are relative (`../../nvme0n1`) and /dev/disk/by-id is a plain directory:
     // resolved by name, one readlink, not a canonicalize that reads every path component.
-    let points_here = |link: &str| {
-        std::fs::read_link(by_id.join(link)).is_ok_and(|target| {
-            let resolved = if target.is_absolute() {
-                host.path(&target)
-            } else {
-                by_id.join(&target)
-            };
-            lexical(&resolved) == dev && dev.exists()
-        })
-    };
-    let mut preferred = Vec::new();
-    if let Some(u) = &ns.uuid {
-        preferred.push(format!("nvme-uuid.{u}"));
+    std::fs::read_link(by_id.join(link)).is_ok_and(|target| {
+        let resolved = if target.is_absolute() {
+            host.path(&target)
+        } else {
+            by_id.join(&target)
+        };
+        lexical(&resolved) == dev && dev.exists()
+    })
+}
+
+/// The udev-made stable name of a namespace, if udev has made it: `nvme-uuid.<uuid>`, else
+/// `nvme-eui.<nguid>`, else another link that names this namespace alone (such as
+/// `nvme-<model>_<serial>_<nsid>`), never the subsystem-wide `nvme-<model>_<serial>`.
+pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
+    if let Some(p) = id_link_names(ns)
+        .into_iter()
+        .find(|p| points_to(host, p, ns))
+    {
+        return Some(format!("{BY_ID}/{p}"));
     }
-    if let Some(g) = &ns.nguid {
-        preferred.push(format!("nvme-eui.{}", normalize_id(g)));
-    }
-    for p in preferred {
-        if points_here(&p) {
-            return Some(format!("{BY_ID}/{p}"));
-        }
-    }
-    let mut names = read_dir_names(&by_id);
+    let mut names = read_dir_names(&host.path(BY_ID));
     names.sort();
     names
         .into_iter()
-        .filter(|n| n.starts_with("nvme-"))
-        .find(|n| points_here(n))
+        .filter(|n| names_one_namespace(n, ns))
+        .find(|n| points_to(host, n, ns))
         .map(|n| format!("{BY_ID}/{n}"))
+}
+
+/// Whether udev has made the link a connect promises: the id link when the namespace has an
+/// id (what callers and `nvme-cli` users look for), else any link [`stable_link`] accepts.
+/// udev makes a device's links one at a time, in the order of its own hash table, so the
+/// first link to appear is not necessarily this one.
+pub fn stable_link_made(host: &Host, ns: &Namespace) -> bool {
+    let ids = id_link_names(ns);
+    if ids.is_empty() {
+        stable_link(host, ns).is_some()
+    } else {
+        ids.iter().any(|p| points_to(host, p, ns))
+    }
 }
 
 /// `p` with `.` and `..` resolved by name.
@@ -640,6 +674,7 @@ mod captured {
         link("nvme-uuid.aaaa", "../../nvme0n1");
         link("nvme-eui.bbbb", "../../nvme1n1");
         link("nvme-Linux_serial", "/dev/nvme1n1");
+        link("nvme-Linux_serial_1", "/dev/nvme1n1");
         link("nvme-dangling", "../../nvme9n1");
         let ns = |block: &str, uuid: Option<&str>, nguid: Option<&str>| Namespace {
             block: block.into(),
@@ -660,12 +695,26 @@ mod captured {
             stable_link(&host, &ns("nvme1n1", Some("aaaa"), Some("bbbb"))).as_deref(),
             Some("/dev/disk/by-id/nvme-eui.bbbb")
         );
-        // No id links for it: any nvme- link that resolves to it (absolute targets are under
-        // the host's root).
+        // No id links for it: a link that names it alone (absolute targets are under the
+        // host's root), never the subsystem-wide model_serial link, even though it points here.
         assert_eq!(
             stable_link(&host, &ns("nvme1n1", None, None)).as_deref(),
-            Some("/dev/disk/by-id/nvme-Linux_serial")
+            Some("/dev/disk/by-id/nvme-Linux_serial_1")
         );
+        std::fs::remove_file(by_id.join("nvme-Linux_serial_1")).unwrap();
+        assert_eq!(
+            stable_link(&host, &ns("nvme1n1", None, None)).as_deref(),
+            Some("/dev/disk/by-id/nvme-eui.bbbb")
+        );
+        // What a connect waits for: the id link when the namespace has an id (other links
+        // to it do not count), else any link stable_link accepts.
+        assert!(stable_link_made(&host, &ns("nvme0n1", Some("aaaa"), None)));
+        assert!(!stable_link_made(&host, &ns("nvme0n1", Some("cccc"), None)));
+        assert!(stable_link_made(&host, &ns("nvme1n1", None, Some("bbbb"))));
+        std::fs::remove_file(by_id.join("nvme-eui.bbbb")).unwrap();
+        // Only the subsystem-wide link is left pointing at nvme1n1.
+        assert!(!stable_link_made(&host, &ns("nvme1n1", None, None)));
+        assert_eq!(stable_link(&host, &ns("nvme1n1", None, None)), None);
         assert_eq!(stable_link(&host, &ns("nvme9n1", None, None)), None);
         assert_eq!(
             lexical(Path::new("/a/dev/disk/by-id/./../../nvme0n1")),

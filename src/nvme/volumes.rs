@@ -1245,7 +1245,7 @@ impl Volumes {
             if let Some(ns) = found {
                 if self.has_node(ns) {
                     if processed.contains(&ns.block)
-                        || sysfs::stable_link(&self.inner.host, ns).is_some()
+                        || sysfs::stable_link_made(&self.inner.host, ns)
                     {
                         return Ok(topo);
                     }
