@@ -80,12 +80,15 @@ t_nvme_capture_sysfs() {
 }
 check nvme-capture-real-sysfs t_nvme_capture_sysfs
 
+# The agent these checks talk to (its config is written by t_nvme_agent).
+spawn_nagent() { spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml"; }
+
 # After a failed check from here on: the agent running with the fence held, none of its volumes
 # connected, no controller to the test subsystems. A check that fails returns before its own
 # cleanup; without this, the next ones would fail on its leftovers (a controller that is still
 # there, EALREADY in the benchmark's raw path) and hide which check broke.
 nvme_restore() {
-    spawned_running nagent || spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+    spawned_running nagent || spawn_nagent || return 1
     wait_for 60 fence_held || return 1
     local v c
     for v in $("$VOLFENCECTL" list --json | /usr/bin/python3 -c 'import json, sys; print(*(v["VolumeId"] for v in json.load(sys.stdin)))'); do
@@ -103,7 +106,7 @@ t_nvme_agent() {
     # the log it has in production.
     printf '[metrics]\nlisten = "127.0.0.1:9479"\n[log]\ntarget = "journald"\n' > "$W/nvme-agent.toml"
     rm -rf /var/lib/volfence /run/volfence
-    spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+    spawn_nagent || return 1
     wait_for 60 fence_held || { cat "$OUT/nagent.log"; agent_journal -n 20; return 1; }
     expect_rc 0 "$VOLFENCECTL" connect vol-a --nqn "$VNQN" --traddr 127.0.0.1 --trsvcid 4600 --nsid 1 --json || return 1
     json_assert 's["State"] == "live"' 's["Device"].startswith("/dev/nvme")' 's["StablePath"].startswith("/dev/disk/by-id/nvme-uuid.")' 's["SizeBytes"] == 64 << 20' || return 1
@@ -150,7 +153,7 @@ t_nvme_sigkill() {
         kill -KILL "$(spawned_pid nagent)"
         wait_for 10 spawned_exited nagent
         stop_spawned kconn 5
-        spawn nagent env RUST_LOG=info "$VOLFENCED" --config "$W/nvme-agent.toml" || return 1
+        spawn_nagent || return 1
         wait_for 60 fence_held || { cat "$OUT/nagent.log"; agent_journal -n 20; return 1; }
         local lrc; run_rc lrc "$VOLFENCECTL" list --json
         i=$(ctrls_of "$VNQN" | wc -l)
