@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use nvme_env::{target, Env, MIB};
+use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::options::{parse_overrides, parse_target, OptValue};
 use volfence::nvme::volumes::{ConnectRequest, NvmeError, VolumeEvent, VolumeState, Volumes};
 
@@ -552,6 +553,64 @@ async fn crash_between_fabrics_write_and_reply_is_adopted() {
     assert_eq!(fake.connects(), 1);
     after.disconnect("vol-c", None).await.unwrap();
     assert!(fake.controllers().is_empty());
+}
+
+/// Fake kernel only (a write held in the kernel). The lease lost while the kernel makes the
+/// controller: the connect fails with NotFenced and deletes the controller, instead of leaving
+/// it live on a fenced host with no record naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_lost_during_the_fabrics_write_leaves_no_controller() {
+    if nvme_env::real() {
+        return;
+    }
+    let env = Env::new().await;
+    let fake = env.fake().unwrap().clone();
+    let nqn = "nqn.2024-01.io.volfence.test:fenced-mid-write";
+    env.add_target(nqn, &[4510], &[1], 8 * MIB);
+    fake.hold_connects(true);
+    // A failed check below still lets the held write return: the runtime's shutdown waits for
+    // the blocking thread it holds.
+    struct Release(FakeKernel);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_connects(false);
+        }
+    }
+    let _release = Release(fake.clone());
+    let v = env.volumes();
+    let g = env.guard();
+    let held = g.clone();
+    let task = tokio::spawn({
+        let v = v.clone();
+        async move {
+            v.connect(&g, req("vol-l", target(nqn, &[4510], nsid(1)), &[]))
+                .await
+        }
+    });
+    until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    // Another agent could now take the lease: the standalone backend sees its lock file replaced.
+    std::fs::remove_file(
+        env.state
+            .path()
+            .join("lease")
+            .join(volfence::fence::standalone::LOCK_FILE),
+    )
+    .unwrap();
+    // (The standalone backend takes a new lock at once, in a new epoch: the connect's is over.)
+    until("fence lost", 10, || held.check().is_err()).await;
+    fake.hold_connects(false);
+    let r = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connect ends once the kernel replies")
+        .unwrap();
+    assert!(matches!(r, Err(NvmeError::NotFenced(_))), "{r:?}");
+    assert!(
+        env.controllers_of(nqn).is_empty(),
+        "left: {:?}",
+        env.controllers_of(nqn)
+    );
+    assert!(fake.controllers().is_empty());
+    assert!(v.get("vol-l").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1134,11 +1134,13 @@ impl Volumes {
                 "writing to /dev/nvme-fabrics: {}",
                 a.redacted()
             );
-            let write = tokio::task::spawn_blocking(move || f.connect(&line));
-            let reply = tokio::select! {
-                r = write => r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-                e = guard.until_lost() => return Err(e.into()),
-            };
+            // Not raced against the fence: the kernel finishes a connect it was asked for even if
+            // the caller stops waiting, and a controller made after a connect gave up would be
+            // nobody's, live on a fenced host. The fence is checked once the reply names it, and
+            // the rollback deletes it.
+            let reply = tokio::task::spawn_blocking(move || f.connect(&line))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             let reply = reply.map_err(|source| {
                 let what = format!("connecting to {} at {}", a.nqn, a.path);
                 if source.raw_os_error() == Some(nix::libc::EALREADY) {
@@ -1158,6 +1160,7 @@ impl Volumes {
             })?;
             let name = format!("nvme{}", parsed.instance);
             progress.created.push(name.clone());
+            guard.refresh()?;
             record.controllers.push(OwnedCtrl {
                 name: name.clone(),
                 cntlid: parsed.cntlid,
