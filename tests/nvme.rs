@@ -10,7 +10,9 @@ use std::time::Duration;
 use nvme_env::{target, Env, MIB};
 use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::options::{parse_overrides, parse_target, OptValue};
-use volfence::nvme::volumes::{ConnectRequest, NvmeError, VolumeEvent, VolumeState, Volumes};
+use volfence::nvme::volumes::{
+    ConnectRequest, NvmeError, VolumeEvent, VolumeInfo, VolumeState, Volumes,
+};
 
 fn req(id: &str, t: BTreeMap<String, OptValue>, o: &[(&str, OptValue)]) -> ConnectRequest {
     let o: BTreeMap<String, OptValue> = o.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
@@ -505,31 +507,68 @@ async fn parallel_connects_do_not_block_each_other() {
     assert!(v.list().is_empty());
 }
 
+/// Fake kernel only (`None` on the real one): a connect of `id` to namespace 1 of `nqn` on
+/// `port` that the kernel holds after making the controller, before its reply.
+struct HeldConnect {
+    env: Env,
+    fake: FakeKernel,
+    v: Volumes,
+    task: tokio::task::JoinHandle<Result<VolumeInfo, NvmeError>>,
+    _hold: Hold,
+}
+
+/// Ends the hold when dropped: a failed check still lets the held write return (the runtime's
+/// shutdown waits for the blocking thread it holds).
+struct Hold(FakeKernel);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.hold_connects(false);
+    }
+}
+
+impl HeldConnect {
+    async fn start(nqn: &str, port: u16, id: &str) -> Option<HeldConnect> {
+        if nvme_env::real() {
+            return None;
+        }
+        let env = Env::new().await;
+        let fake = env.fake().unwrap().clone();
+        env.add_target(nqn, &[port], &[1], 8 * MIB);
+        fake.hold_connects(true);
+        let hold = Hold(fake.clone());
+        let v = env.volumes();
+        let task = tokio::spawn({
+            let (v, g, r) = (
+                v.clone(),
+                env.guard(),
+                req(id, target(nqn, &[port], nsid(1)), &[]),
+            );
+            async move { v.connect(&g, r).await }
+        });
+        until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+        Some(HeldConnect {
+            env,
+            fake,
+            v,
+            task,
+            _hold: hold,
+        })
+    }
+}
+
 /// Fake kernel only: the crash windows a real kernel cannot be paused in (the VM tier kills the
 /// daemon with SIGKILL instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_fabrics_write_and_reply_is_adopted() {
-    if nvme_env::real() {
-        return;
-    }
-    let env = Env::new().await;
-    let fake = env.fake().unwrap().clone();
     let nqn = "nqn.2024-01.io.volfence.test:crash";
-    env.add_target(nqn, &[4500], &[1], 8 * MIB);
-    fake.hold_connects(true);
-    let v = env.volumes();
-    let g = env.guard();
-    let task = tokio::spawn({
-        let v = v.clone();
-        async move {
-            v.connect(&g, req("vol-c", target(nqn, &[4500], nsid(1)), &[]))
-                .await
-        }
-    });
-    until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    let Some(h) = HeldConnect::start(nqn, 4500, "vol-c").await else {
+        return;
+    };
+    let (env, fake, task) = (&h.env, &h.fake, h.task);
     task.abort(); // the agent dies before reading the reply
     let _ = task.await;
-    drop(v);
+    drop(h.v);
     fake.hold_connects(false);
     let after: Volumes = env.volumes();
     after.recover().await.unwrap();
@@ -560,34 +599,13 @@ async fn crash_between_fabrics_write_and_reply_is_adopted() {
 /// it live on a fenced host with no record naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fence_lost_during_the_fabrics_write_leaves_no_controller() {
-    if nvme_env::real() {
-        return;
-    }
-    let env = Env::new().await;
-    let fake = env.fake().unwrap().clone();
     let nqn = "nqn.2024-01.io.volfence.test:fenced-mid-write";
-    env.add_target(nqn, &[4510], &[1], 8 * MIB);
-    fake.hold_connects(true);
-    // A failed check below still lets the held write return: the runtime's shutdown waits for
-    // the blocking thread it holds.
-    struct Release(FakeKernel);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            self.0.hold_connects(false);
-        }
-    }
-    let _release = Release(fake.clone());
-    let v = env.volumes();
-    let g = env.guard();
-    let held = g.clone();
-    let task = tokio::spawn({
-        let v = v.clone();
-        async move {
-            v.connect(&g, req("vol-l", target(nqn, &[4510], nsid(1)), &[]))
-                .await
-        }
-    });
-    until("controller made", 5, || !env.controllers_of(nqn).is_empty()).await;
+    let Some(h) = HeldConnect::start(nqn, 4510, "vol-l").await else {
+        return;
+    };
+    let (env, fake, v, task) = (&h.env, &h.fake, &h.v, h.task);
+    // A guard of the connect's epoch.
+    let held = env.guard();
     // Another agent could now take the lease: the standalone backend sees its lock file replaced.
     std::fs::remove_file(
         env.state
