@@ -53,7 +53,7 @@ fn main() {
         events,
         id,
         Settings::defaults("bench").nvme,
-        root.path().join("state"),
+        root.path().join("run"),
         None,
     );
     let topo = volumes.rescan();

@@ -276,6 +276,71 @@ async fn restart_adopts_and_does_not_reconnect() {
     assert!(env.controllers_of(nqn).is_empty());
 }
 
+/// After a reboot the kernel names controllers from `nvme0` again and a Linux target hands out
+/// the lowest free cntlid: a controller another tool makes then looks exactly like the one a
+/// record of the previous boot names. Such a record claims nothing; it is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_another_boot_claims_nothing() {
+    let env = Env::new().await;
+    // The real kernel is not rebooted under a test.
+    let Some(fake) = env.fake() else { return };
+    let nqn = "nqn.2024-01.io.volfence.test:reboot";
+    env.add_target(nqn, &[4455], &[1], 16 * MIB);
+    let first = env.volumes();
+    first.recover().await.unwrap();
+    first
+        .connect(
+            &env.guard(),
+            req("vol-b", target(nqn, &[4455], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    let before = std::fs::read_to_string(env.state.path().join("volumes/vol-b.json")).unwrap();
+    drop(first);
+    // A runtime directory on persistent storage: the record outlives the boot.
+    fake.reboot("7c9e2a41-5b3d-4f60-8e1a-2b4c6d8e0f13");
+    let foreign = env.foreign_connect(nqn, 4455);
+    // The same name and cntlid again: everything the record identifies its controller by.
+    let owned = &serde_json::from_str::<serde_json::Value>(&before).unwrap()["controllers"][0];
+    let now = env
+        .host
+        .read_attr(format!("/sys/class/nvme/{foreign}/cntlid"))
+        .unwrap();
+    assert_eq!(
+        (owned["name"].as_str(), owned["cntlid"].to_string()),
+        (Some(foreign.as_str()), now),
+        "{before}"
+    );
+
+    let second = env.volumes();
+    second.recover().await.unwrap();
+    assert!(second.list().is_empty(), "{:?}", second.list());
+    assert!(!env.state.path().join("volumes/vol-b.json").exists());
+    assert_eq!(
+        second
+            .foreign_controllers()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>(),
+        vec![foreign.clone()]
+    );
+    // Neither a Connect of the volume nor a Disconnect touches it.
+    let e = second
+        .connect(
+            &env.guard(),
+            req("vol-b", target(nqn, &[4455], nsid(1)), &[]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NvmeError::Busy(_)), "{e}");
+    second.disconnect("vol-b", None).await.unwrap();
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(foreign.clone(), "live".into())]
+    );
+    env.delete_controller(&foreign);
+}
+
 /// Records are written without looking the directory up first; one removed under a running
 /// agent is made again by the next write, and what that write records is adopted after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,8 +202,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let volumes =
-        start_volumes(&host, &settings, &state_dir, metrics.clone(), &mut warnings).await?;
+    let volumes = start_volumes(
+        &host,
+        &settings,
+        &host.path(&settings.daemon.runtime_dir),
+        metrics.clone(),
+        &mut warnings,
+    )
+    .await?;
     let (beat_notifier, beat_wd) = (notifier.clone(), hw_watchdog.clone());
     let (fence_loop, fence) = FenceLoop::new(
         backend,
@@ -463,7 +469,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 async fn start_volumes(
     host: &Host,
     settings: &Settings,
-    state_dir: &std::path::Path,
+    runtime_dir: &std::path::Path,
     metrics: Arc<Metrics>,
     warnings: &mut Vec<String>,
 ) -> Result<Volumes, DaemonError> {
@@ -486,7 +492,7 @@ async fn start_volumes(
         events,
         identity,
         settings.nvme.clone(),
-        state_dir.to_path_buf(),
+        runtime_dir.to_path_buf(),
         Some(metrics),
     );
     volumes.recover().await?;

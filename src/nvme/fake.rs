@@ -99,6 +99,9 @@ fn w(path: &Path, v: impl AsRef<str>) {
     let _ = std::fs::write(path, format!("{}\n", v.as_ref()));
 }
 
+/// The boot id a fake root gets when it has none.
+pub const FIRST_BOOT_ID: &str = "3b1f6c2e-9a4d-4e8b-b7c5-1d2e3f405162";
+
 fn einval(msg: &str) -> Error {
     Error::new(ErrorKind::InvalidInput, msg.to_string())
 }
@@ -112,6 +115,11 @@ impl FakeKernel {
         let _ = std::fs::create_dir_all(host.path(CLASS_SUBSYS));
         let _ = std::fs::create_dir_all(host.path(BY_ID));
         w(&host.path(crate::host::paths::NVME_FABRICS), "");
+        // A booted kernel has a boot id; a root that already has one keeps it.
+        let boot_id = host.path(crate::host::paths::BOOT_ID);
+        if !boot_id.exists() {
+            w(&boot_id, FIRST_BOOT_ID);
+        }
         FakeKernel {
             inner: Arc::new(Inner {
                 host,
@@ -206,6 +214,33 @@ impl FakeKernel {
         for job in pending {
             job();
         }
+    }
+
+    /// Reboots this host into boot `boot_id`: its controllers, subsystems and namespaces are gone,
+    /// and the kernel hands out names from the lowest again (`nvme0`, `nvme-subsys0`). The
+    /// targets freed this host's controllers when their keep-alive ran out, and nvmet allocates
+    /// cntlids lowest free first: the next connects get the same cntlids as after the last boot.
+    pub fn reboot(&self, boot_id: &str) {
+        let ctrls: Vec<u32> = self
+            .inner
+            .state
+            .lock()
+            .unwrap()
+            .ctrls
+            .keys()
+            .copied()
+            .collect();
+        for i in ctrls {
+            let _ = self.remove_ctrl(i);
+        }
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            st.next_head = 1;
+            for t in &mut st.targets {
+                t.next_cntlid = 1;
+            }
+        }
+        w(&self.inner.host.path(crate::host::paths::BOOT_ID), boot_id);
     }
 
     /// Takes a target port down (or back up). Controllers through it go `connecting`; each is

@@ -97,12 +97,18 @@ pub struct OwnedCtrl {
     pub path: PathAddr,
 }
 
-/// What is persisted per volume: `<state_dir>/volumes/<volume_id>.json`. No secrets.
+/// What is persisted per volume: `<runtime_dir>/volumes/<volume_id>.json`. No secrets. It
+/// describes kernel state, which a reboot ends: hence the runtime directory, and the boot it
+/// belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub volume_id: String,
     pub target: Target,
     pub hostnqn: String,
+    /// The boot whose kernel holds the controllers named here. After a reboot the names (and,
+    /// on a Linux target, the cntlids, lowest free first) are handed out again: a record of
+    /// another boot must never claim what this boot made.
+    pub boot_id: String,
     pub phase: Phase,
     pub controllers: Vec<OwnedCtrl>,
     /// Fence epoch of the connect.
@@ -193,6 +199,9 @@ struct Inner {
     identity: HostIdentity,
     defaults: NvmeSettings,
     records_dir: PathBuf,
+    /// This boot's id, for new records; empty when it could not be read (then recovery, which
+    /// reads it again and fails with the reason, stops the agent before any connect).
+    boot_id: String,
     volumes: Mutex<BTreeMap<String, (Record, VolumeInfo)>>,
     /// What each record file holds, so an unchanged record (an idempotent connect) is not
     /// rewritten and fsynced.
@@ -291,12 +300,13 @@ impl Volumes {
         events: broadcast::Sender<Uevent>,
         identity: HostIdentity,
         defaults: NvmeSettings,
-        state_dir: PathBuf,
+        runtime_dir: PathBuf,
         metrics: Option<Arc<Metrics>>,
     ) -> Volumes {
         Volumes {
             inner: Arc::new(Inner {
-                records_dir: state_dir.join("volumes"),
+                records_dir: runtime_dir.join("volumes"),
+                boot_id: host.boot_id().unwrap_or_default(),
                 host,
                 fabrics,
                 events,
@@ -706,6 +716,7 @@ impl Volumes {
     /// Rebuilds the view from the records and the kernel. Runs before READY=1; needs no guard
     /// because it only adopts and finishes disconnects, never connects.
     pub async fn recover(&self) -> Result<(), NvmeError> {
+        let boot_id = self.inner.host.boot_id()?;
         let dir = &self.inner.records_dir;
         let mut records = Vec::new();
         if let Ok(rd) = std::fs::read_dir(dir) {
@@ -718,9 +729,28 @@ impl Volumes {
                     .map_err(|e| e.to_string())
                     .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(r)
-                        if p.file_stem().and_then(|s| s.to_str()) == Some(r.volume_id.as_str()) =>
-                    {
+                    Ok(r) if p.file_stem().and_then(|s| s.to_str()) != Some(&r.volume_id) => {
+                        tracing::error!(
+                            "{}: names volume {:?}, not its file name; left alone",
+                            p.display(),
+                            r.volume_id
+                        )
+                    }
+                    Ok(r) if r.boot_id != boot_id => {
+                        tracing::warn!(
+                            VOLUME = r.volume_id.as_str(),
+                            "volume {}: recorded in boot {}, this is boot {boot_id}; the reboot ended its connection ({}), and this boot hands those controller names out again: forgetting it",
+                            r.volume_id,
+                            r.boot_id,
+                            r.controllers
+                                .iter()
+                                .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                        self.forget(&r.volume_id)?;
+                    }
+                    Ok(r) => {
                         self.inner
                             .on_disk
                             .lock()
@@ -728,11 +758,6 @@ impl Volumes {
                             .insert(r.volume_id.clone(), r.clone());
                         records.push(r)
                     }
-                    Ok(r) => tracing::error!(
-                        "{}: names volume {:?}, not its file name; left alone",
-                        p.display(),
-                        r.volume_id
-                    ),
                     Err(e) => {
                         // Keep it for a human: never delete what cannot be read.
                         let aside = p.with_extension("json.unreadable");
@@ -928,6 +953,7 @@ impl Volumes {
                 volume_id: id.to_string(),
                 target: req.target.clone(),
                 hostnqn: self.inner.identity.hostnqn.clone(),
+                boot_id: self.inner.boot_id.clone(),
                 phase: Phase::Connecting,
                 controllers: Vec::new(),
                 epoch: guard.epoch(),

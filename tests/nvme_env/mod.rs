@@ -133,7 +133,8 @@ impl Env {
         }
     }
 
-    /// A volume manager on this host and state directory (a second one is "after a restart").
+    /// A volume manager on this host, with its records in `state` (its runtime directory; a
+    /// second one is "after a restart").
     pub fn volumes(&self) -> Volumes {
         Volumes::new(
             self.host.clone(),
