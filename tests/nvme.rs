@@ -341,6 +341,60 @@ async fn a_record_of_another_boot_claims_nothing() {
     env.delete_controller(&foreign);
 }
 
+/// Within a boot the kernel reuses a deleted controller's name (lowest free instance) and a
+/// Linux target its cntlid (lowest free): a controller that went away while the agent was down,
+/// replaced by one another tool made, must not be taken for the one the record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_replaced_while_the_agent_was_down_is_not_adopted() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:replaced";
+    env.add_target(nqn, &[4456], &[1], 16 * MIB);
+    let first = env.volumes();
+    first.recover().await.unwrap();
+    first
+        .connect(
+            &env.guard(),
+            req("vol-w", target(nqn, &[4456], nsid(1)), &[]),
+        )
+        .await
+        .unwrap();
+    let (mine, _) = env.controllers_of(nqn).remove(0);
+    let cntlid = |name: &str| {
+        env.host
+            .read_attr(format!("/sys/class/nvme/{name}/cntlid"))
+            .unwrap()
+    };
+    let recorded = cntlid(&mine);
+    drop(first);
+    // Its ctrl_loss_tmo ran out, say; then nvme-cli connects to the same subsystem and port.
+    env.delete_controller(&mine);
+    let foreign = env.foreign_connect(nqn, 4456);
+    if env.fake().is_some() {
+        // The real target frees a cntlid when its side of the connection is torn down, which
+        // may come after the next connect: there the name alike is the case.
+        assert_eq!((&foreign, cntlid(&foreign)), (&mine, recorded));
+    }
+
+    let second = env.volumes();
+    second.recover().await.unwrap();
+    let v = second.get("vol-w").expect("still recorded");
+    assert_eq!((v.state, v.paths.len()), (VolumeState::Dead, 0), "{v:?}");
+    assert!(
+        second
+            .foreign_controllers()
+            .iter()
+            .any(|c| c.name == foreign),
+        "{:?}",
+        second.foreign_controllers()
+    );
+    second.disconnect("vol-w", None).await.unwrap();
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(foreign.clone(), "live".into())]
+    );
+    env.delete_controller(&foreign);
+}
+
 /// Records are written without looking the directory up first; one removed under a running
 /// agent is made again by the next write, and what that write records is adopted after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

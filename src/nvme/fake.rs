@@ -39,7 +39,6 @@ struct FakeTarget {
     ports: BTreeMap<(IpAddr, u16), bool>,
     namespaces: Vec<FakeNamespace>,
     serial: String,
-    next_cntlid: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +50,7 @@ struct FakeCtrl {
     host_iface: Option<String>,
     hostnqn: String,
     subsys: u32,
+    cntlid: u16,
     ctrl_loss_tmo: i64,
     /// Bumped on every state change, so a pending loss timer can tell it is stale.
     generation: u64,
@@ -99,6 +99,9 @@ fn w(path: &Path, v: impl AsRef<str>) {
     let _ = std::fs::write(path, format!("{}\n", v.as_ref()));
 }
 
+/// Where removed controller directories are kept (outside /sys), so their inodes stay taken.
+const FREED: &str = "/.fake-kernel/freed";
+
 /// The boot id a fake root gets when it has none.
 pub const FIRST_BOOT_ID: &str = "3b1f6c2e-9a4d-4e8b-b7c5-1d2e3f405162";
 
@@ -144,7 +147,6 @@ impl FakeKernel {
             ports: ports.iter().map(|p| (*p, true)).collect(),
             namespaces,
             serial,
-            next_cntlid: 1,
         });
     }
 
@@ -218,8 +220,8 @@ impl FakeKernel {
 
     /// Reboots this host into boot `boot_id`: its controllers, subsystems and namespaces are gone,
     /// and the kernel hands out names from the lowest again (`nvme0`, `nvme-subsys0`). The
-    /// targets freed this host's controllers when their keep-alive ran out, and nvmet allocates
-    /// cntlids lowest free first: the next connects get the same cntlids as after the last boot.
+    /// targets freed this host's controllers when their keep-alive ran out, so the next
+    /// connects get the same cntlids as in the last boot (lowest free first).
     pub fn reboot(&self, boot_id: &str) {
         let ctrls: Vec<u32> = self
             .inner
@@ -233,13 +235,7 @@ impl FakeKernel {
         for i in ctrls {
             let _ = self.remove_ctrl(i);
         }
-        {
-            let mut st = self.inner.state.lock().unwrap();
-            st.next_head = 1;
-            for t in &mut st.targets {
-                t.next_cntlid = 1;
-            }
-        }
+        self.inner.state.lock().unwrap().next_head = 1;
         w(&self.inner.host.path(crate::host::paths::BOOT_ID), boot_id);
     }
 
@@ -444,7 +440,18 @@ impl FakeKernel {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&cdir);
+        // sysfs never gives a deleted directory's inode number to another within a boot (kernfs
+        // ids are allocated cyclically, with a generation): the directory is moved aside, not
+        // freed, so the file system under the fake root cannot reuse its inode either.
+        let freed = self
+            .inner
+            .host
+            .path(FREED)
+            .join(format!("nvme{i}.{}", st.connects));
+        let _ = std::fs::create_dir_all(freed.parent().unwrap());
+        if std::fs::rename(&cdir, &freed).is_err() {
+            let _ = std::fs::remove_dir_all(&cdir);
+        }
         if !others {
             let _ = std::fs::remove_dir_all(&sdir);
             st.subsystems.remove(&c.nqn);
@@ -567,9 +574,11 @@ impl Fabrics for FakeKernel {
                 s
             }
         };
-        let target = &mut st.targets[ti];
-        let cntlid = target.next_cntlid;
-        target.next_cntlid += 1;
+        // nvmet allocates cntlids lowest free first (one ida for every subsystem).
+        let cntlid = (1..)
+            .find(|n| !st.ctrls.values().any(|c| c.cntlid == *n))
+            .unwrap();
+        let target = &st.targets[ti];
         let (namespaces, serial) = (target.namespaces.clone(), target.serial.clone());
         st.ctrls.insert(
             i,
@@ -581,6 +590,7 @@ impl Fabrics for FakeKernel {
                 host_iface: host_iface.clone(),
                 hostnqn: hostnqn.clone(),
                 subsys: s,
+                cntlid,
                 ctrl_loss_tmo,
                 generation: 0,
             },

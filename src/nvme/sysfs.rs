@@ -162,6 +162,9 @@ pub struct Controller {
     pub state: CtrlState,
     pub cntlid: Option<u16>,
     pub hostnqn: Option<String>,
+    /// Inode of its sysfs directory: unlike the name and the cntlid, never another controller's
+    /// within a boot (kernfs ids are allocated cyclically, with a generation in the high bits).
+    pub ino: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +262,11 @@ impl DirFd {
         )
         .ok()
         .map(DirFd)
+    }
+
+    /// The directory's inode number (0 if it cannot be had).
+    fn ino(&self) -> u64 {
+        nix::sys::stat::fstat(&self.0).map_or(0, |st| st.st_ino)
     }
 
     /// `rel` may name a file in a subdirectory (`nvme0n1/uuid`).
@@ -396,6 +404,12 @@ fn read_topology(host: &Host, names: &[String], only_reached: bool) -> Topology 
     Topology::new(controllers, namespaces)
 }
 
+/// [`Controller::ino`] of controller `name`, read alone (0 when it is gone).
+pub fn controller_ino(host: &Host, name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(host.path(CLASS_NVME).join(name)).map_or(0, |m| m.ino())
+}
+
 /// Controller `name`, the heads its hidden path nodes reach, and (without native multipath)
 /// its own namespaces.
 fn read_controller(class: &Path, name: &str) -> Option<(Controller, Vec<String>, Vec<Namespace>)> {
@@ -422,6 +436,7 @@ fn read_controller(class: &Path, name: &str) -> Option<(Controller, Vec<String>,
         state: CtrlState::parse(&fd.attr("state").unwrap_or_default()),
         cntlid: fd.attr("cntlid").and_then(|s| s.trim().parse().ok()),
         hostnqn: fd.attr("hostnqn"),
+        ino: fd.ino(),
         subsysnqn,
         name: name.to_string(),
     };

@@ -95,6 +95,9 @@ pub struct OwnedCtrl {
     pub name: String,
     pub cntlid: u16,
     pub path: PathAddr,
+    /// Its sysfs directory's inode ([`Controller::ino`]): the name and the cntlid come back
+    /// for the next controller to the same target once this one is deleted; this does not.
+    pub ino: u64,
 }
 
 /// What is persisted per volume: `<runtime_dir>/volumes/<volume_id>.json`. No secrets. It
@@ -256,9 +259,11 @@ fn matches_key(c: &Controller, key: &ControllerKey) -> bool {
         && c.hostnqn.as_deref().is_none_or(|h| h == key.hostnqn)
 }
 
-/// Is `c` still the controller recorded as `o` (names are reused by the kernel)?
+/// Is `c` still the controller recorded as `o` (names are reused by the kernel, cntlids by
+/// the target)?
 fn is_same(c: &Controller, o: &OwnedCtrl, nqn: &str) -> bool {
     c.name == o.name
+        && c.ino == o.ino
         && c.subsysnqn == nqn
         && c.cntlid.is_none_or(|id| id == o.cntlid)
         && c.address.traddr.parse().ok() == Some(o.path.traddr)
@@ -817,6 +822,7 @@ impl Volumes {
                             name: c.name.clone(),
                             cntlid: c.cntlid.unwrap_or(0),
                             path: path.clone(),
+                            ino: c.ino,
                         });
                     }
                 }
@@ -1188,6 +1194,7 @@ impl Volumes {
             progress.created.push(name.clone());
             guard.refresh()?;
             record.controllers.push(OwnedCtrl {
+                ino: sysfs::controller_ino(&self.inner.host, &name),
                 name: name.clone(),
                 cntlid: parsed.cntlid,
                 path: a.path.clone(),
