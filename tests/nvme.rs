@@ -27,6 +27,16 @@ fn nsid(n: i64) -> (&'static str, OptValue) {
     ("nsid", OptValue::Int(n))
 }
 
+/// After all the agent did, `foreign` is still the subsystem's only controller, live; then it
+/// goes, so the next test starts without it.
+fn foreign_was_left_alone(env: &Env, nqn: &str, foreign: &str) {
+    assert_eq!(
+        env.controllers_of(nqn),
+        vec![(foreign.to_string(), "live".to_string())]
+    );
+    env.delete_controller(foreign);
+}
+
 async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -334,11 +344,7 @@ async fn a_record_of_another_boot_claims_nothing() {
         .unwrap_err();
     assert!(matches!(e, NvmeError::Busy(_)), "{e}");
     second.disconnect("vol-b", None).await.unwrap();
-    assert_eq!(
-        env.controllers_of(nqn),
-        vec![(foreign.clone(), "live".into())]
-    );
-    env.delete_controller(&foreign);
+    foreign_was_left_alone(&env, nqn, &foreign);
 }
 
 /// Within a boot the kernel reuses a deleted controller's name (lowest free instance) and a
@@ -388,11 +394,7 @@ async fn a_controller_replaced_while_the_agent_was_down_is_not_adopted() {
         second.foreign_controllers()
     );
     second.disconnect("vol-w", None).await.unwrap();
-    assert_eq!(
-        env.controllers_of(nqn),
-        vec![(foreign.clone(), "live".into())]
-    );
-    env.delete_controller(&foreign);
+    foreign_was_left_alone(&env, nqn, &foreign);
 }
 
 /// Records are written without looking the directory up first; one removed under a running
@@ -528,11 +530,7 @@ async fn foreign_controllers_are_left_alone() {
     assert!(v.list().is_empty(), "a refused connect leaves no record");
     v.disconnect_all().await;
     v.disconnect("vol-f", None).await.unwrap();
-    assert_eq!(
-        env.controllers_of(nqn),
-        vec![(foreign.clone(), "live".to_string())]
-    );
-    env.delete_controller(&foreign);
+    foreign_was_left_alone(&env, nqn, &foreign);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,9 +952,5 @@ async fn joining_a_subsystem_another_controller_reaches() {
         .await
         .expect("the disconnect waits for nothing the other controller keeps")
         .unwrap();
-    assert_eq!(
-        env.controllers_of(nqn),
-        vec![(foreign.clone(), "live".to_string())]
-    );
-    env.delete_controller(&foreign);
+    foreign_was_left_alone(&env, nqn, &foreign);
 }
