@@ -406,8 +406,7 @@ fn read_topology(host: &Host, names: &[String], only_reached: bool) -> Topology 
 
 /// [`Controller::ino`] of controller `name`, read alone (0 when it is gone).
 pub fn controller_ino(host: &Host, name: &str) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(host.path(CLASS_NVME).join(name)).map_or(0, |m| m.ino())
+    DirFd::open(&host.path(CLASS_NVME).join(name)).map_or(0, |d| d.ino())
 }
 
 /// Controller `name`, the heads its hidden path nodes reach, and (without native multipath)

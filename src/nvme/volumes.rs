@@ -123,6 +123,15 @@ impl Record {
     fn controller_names(&self) -> impl Iterator<Item = String> + '_ {
         self.controllers.iter().map(|c| c.name.clone())
     }
+
+    /// Its controllers for a log line: `nvme0 (cntlid 1, 127.0.0.1:4420), …`.
+    fn controllers_text(&self) -> String {
+        self.controllers
+            .iter()
+            .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -747,11 +756,7 @@ impl Volumes {
                             "volume {}: recorded in boot {}, this is boot {boot_id}; the reboot ended its connection ({}), and this boot hands those controller names out again: forgetting it",
                             r.volume_id,
                             r.boot_id,
-                            r.controllers
-                                .iter()
-                                .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            r.controllers_text()
                         );
                         self.forget(&r.volume_id)?;
                     }
@@ -1001,14 +1006,7 @@ impl Volumes {
                 record.phase = Phase::Connected;
                 record.epoch = guard.epoch();
                 // A repeated Connect logs nothing and usually announces nothing.
-                let through = (!was_connected).then(|| {
-                    record
-                        .controllers
-                        .iter()
-                        .map(|c| format!("{} (cntlid {}, {})", c.name, c.cntlid, c.path))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                });
+                let through = (!was_connected).then(|| record.controllers_text());
                 let (info, events) = self.store_unannounced(record, &topo)?;
                 laps.lap("store");
                 let line = through.map(|through| {
