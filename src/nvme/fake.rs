@@ -325,6 +325,8 @@ impl FakeKernel {
     ) -> Box<dyn FnOnce() + Send> {
         w(&dir.join("nsid"), ns.nsid.to_string());
         w(&dir.join("uuid"), &ns.uuid);
+        // The kernel's wwid: uuid first (drivers/nvme/host/sysfs.c, wwid_show).
+        w(&dir.join("wwid"), format!("uuid.{}", ns.uuid));
         let g = &ns.nguid;
         w(
             &dir.join("nguid"),

@@ -505,16 +505,6 @@ fn id_link_names(ns: &Namespace) -> Vec<String> {
     names
 }
 
-/// Whether by-id name `link` names namespace `ns` alone. udev also makes
-/// `nvme-<model>_<serial>`, which every namespace of the subsystem claims (the last one udev
-/// processed wins): it is never a stable name for any of them.
-fn names_one_namespace(link: &str, ns: &Namespace) -> bool {
-    ["nvme-uuid.", "nvme-eui.", "nvme-nvme."]
-        .iter()
-        .any(|p| link.starts_with(p))
-        || (link.starts_with("nvme-") && link.ends_with(&format!("_{}", ns.nsid)))
-}
-
 /// Whether `/dev/disk/by-id/<link>` resolves to the namespace's device node, and it exists.
 fn points_to(host: &Host, link: &str, ns: &Namespace) -> bool {
     let by_id = host.path(BY_ID);
@@ -531,36 +521,28 @@ fn points_to(host: &Host, link: &str, ns: &Namespace) -> bool {
     })
 }
 
-/// The udev-made stable name of a namespace, if udev has made it: `nvme-uuid.<uuid>`, else
-/// `nvme-eui.<nguid>`, else another link that names this namespace alone (such as
-/// `nvme-<model>_<serial>_<nsid>`), never the subsystem-wide `nvme-<model>_<serial>`.
+/// The udev-made stable name of a namespace, if udev has made it: the link
+/// 60-persistent-storage.rules names after the kernel's `wwid` (`nvme-$attr{wwid}`), which is
+/// `nvme-uuid.<uuid>`, else `nvme-eui.<nguid>`, else — a namespace with neither — whatever its
+/// `wwid` says (`eui.<eui64>`, or `nvme.<vid>-<serial>-<model>-<nsid>`), read from sysfs.
+/// Never `nvme-<model>_<serial>`, which every namespace of the subsystem claims, nor its
+/// `_<nsid>` form: a serial can itself end in `_<n>`, so the two cannot be told apart by name.
 pub fn stable_link(host: &Host, ns: &Namespace) -> Option<String> {
-    if let Some(p) = id_link_names(ns)
-        .into_iter()
-        .find(|p| points_to(host, p, ns))
-    {
-        return Some(format!("{BY_ID}/{p}"));
+    let mut names = id_link_names(ns);
+    if names.is_empty() {
+        names.push(format!("nvme-{}", attr(&ns.dir, "wwid")?));
     }
-    let mut names = read_dir_names(&host.path(BY_ID));
-    names.sort();
     names
         .into_iter()
-        .filter(|n| names_one_namespace(n, ns))
-        .find(|n| points_to(host, n, ns))
-        .map(|n| format!("{BY_ID}/{n}"))
+        .find(|p| points_to(host, p, ns))
+        .map(|p| format!("{BY_ID}/{p}"))
 }
 
-/// Whether udev has made the link a connect promises: the id link when the namespace has an
-/// id (what callers and `nvme-cli` users look for), else any link [`stable_link`] accepts.
-/// udev makes a device's links one at a time, in the order of its own hash table, so the
-/// first link to appear is not necessarily this one.
+/// Whether udev has made the link a connect promises ([`stable_link`]). udev makes a
+/// device's links one at a time, in the order of its own hash table, so the first link to
+/// appear is not necessarily this one.
 pub fn stable_link_made(host: &Host, ns: &Namespace) -> bool {
-    let ids = id_link_names(ns);
-    if ids.is_empty() {
-        stable_link(host, ns).is_some()
-    } else {
-        ids.iter().any(|p| points_to(host, p, ns))
-    }
+    stable_link(host, ns).is_some()
 }
 
 /// `p` with `.` and `..` resolved by name.
@@ -687,16 +669,24 @@ mod captured {
         let link = |name: &str, to: &str| std::os::unix::fs::symlink(to, by_id.join(name)).unwrap();
         link("nvme-uuid.aaaa", "../../nvme0n1");
         link("nvme-eui.bbbb", "../../nvme1n1");
-        link("nvme-Linux_serial", "/dev/nvme1n1");
+        // Model `Linux`, serial `serial_1`: udev's subsystem-wide link and its `_<nsid>` form.
         link("nvme-Linux_serial_1", "/dev/nvme1n1");
+        link("nvme-Linux_serial_1_1", "/dev/nvme1n1");
         link("nvme-dangling", "../../nvme9n1");
+        // A namespace with neither uuid nor nguid: its wwid, in its sysfs directory, names the link.
+        let ns_dir = root
+            .path()
+            .join("sys/class/nvme-subsystem/nvme-subsys1/nvme1n1");
+        std::fs::create_dir_all(&ns_dir).unwrap();
+        let wwid = "nvme.0000-73657269616c5f31-4c696e7578-00000001";
+        std::fs::write(ns_dir.join("wwid"), format!("{wwid}\n")).unwrap();
         let ns = |block: &str, uuid: Option<&str>, nguid: Option<&str>| Namespace {
             block: block.into(),
             subsysnqn: "nqn.2024-01.io.volfence.test:links".into(),
             nsid: 1,
             uuid: uuid.map(Into::into),
             nguid: nguid.map(Into::into),
-            dir: PathBuf::new(),
+            dir: ns_dir.clone(),
             controllers: vec![],
             multipath: true,
         };
@@ -709,26 +699,22 @@ mod captured {
             stable_link(&host, &ns("nvme1n1", Some("aaaa"), Some("bbbb"))).as_deref(),
             Some("/dev/disk/by-id/nvme-eui.bbbb")
         );
-        // No id links for it: a link that names it alone (absolute targets are under the
-        // host's root), never the subsystem-wide model_serial link, even though it points here.
+        // No ids: not yet made, the model_serial links (absolute targets, under the host's
+        // root) point here but are not taken, even the one that ends in `_<nsid>`.
+        assert_eq!(stable_link(&host, &ns("nvme1n1", None, None)), None);
+        assert!(!stable_link_made(&host, &ns("nvme1n1", None, None)));
+        link(&format!("nvme-{wwid}"), "../../nvme1n1");
         assert_eq!(
-            stable_link(&host, &ns("nvme1n1", None, None)).as_deref(),
-            Some("/dev/disk/by-id/nvme-Linux_serial_1")
+            stable_link(&host, &ns("nvme1n1", None, None)),
+            Some(format!("/dev/disk/by-id/nvme-{wwid}"))
         );
-        std::fs::remove_file(by_id.join("nvme-Linux_serial_1")).unwrap();
-        assert_eq!(
-            stable_link(&host, &ns("nvme1n1", None, None)).as_deref(),
-            Some("/dev/disk/by-id/nvme-eui.bbbb")
-        );
-        // What a connect waits for: the id link when the namespace has an id (other links
-        // to it do not count), else any link stable_link accepts.
+        // What a connect waits for: the id link (other links to the device do not count).
         assert!(stable_link_made(&host, &ns("nvme0n1", Some("aaaa"), None)));
         assert!(!stable_link_made(&host, &ns("nvme0n1", Some("cccc"), None)));
         assert!(stable_link_made(&host, &ns("nvme1n1", None, Some("bbbb"))));
+        assert!(stable_link_made(&host, &ns("nvme1n1", None, None)));
         std::fs::remove_file(by_id.join("nvme-eui.bbbb")).unwrap();
-        // Only the subsystem-wide link is left pointing at nvme1n1.
-        assert!(!stable_link_made(&host, &ns("nvme1n1", None, None)));
-        assert_eq!(stable_link(&host, &ns("nvme1n1", None, None)), None);
+        assert!(!stable_link_made(&host, &ns("nvme1n1", None, Some("bbbb"))));
         assert_eq!(stable_link(&host, &ns("nvme9n1", None, None)), None);
         assert_eq!(
             lexical(Path::new("/a/dev/disk/by-id/./../../nvme0n1")),
