@@ -672,7 +672,6 @@ mod captured {
         // Model `Linux`, serial `serial_1`: udev's subsystem-wide link and its `_<nsid>` form.
         link("nvme-Linux_serial_1", "/dev/nvme1n1");
         link("nvme-Linux_serial_1_1", "/dev/nvme1n1");
-        link("nvme-dangling", "../../nvme9n1");
         // A namespace with neither uuid nor nguid: its wwid, in its sysfs directory, names the link.
         let ns_dir = root
             .path()
@@ -715,6 +714,7 @@ mod captured {
         assert!(stable_link_made(&host, &ns("nvme1n1", None, None)));
         std::fs::remove_file(by_id.join("nvme-eui.bbbb")).unwrap();
         assert!(!stable_link_made(&host, &ns("nvme1n1", None, Some("bbbb"))));
+        // The wwid link points at nvme1n1: not taken for another device with that wwid.
         assert_eq!(stable_link(&host, &ns("nvme9n1", None, None)), None);
         assert_eq!(
             lexical(Path::new("/a/dev/disk/by-id/./../../nvme0n1")),
