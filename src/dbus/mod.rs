@@ -49,6 +49,8 @@ pub enum Error {
     DeviceNotFound(String),
     /// Another operation holds the object.
     Busy(String),
+    /// The target refused this host's credentials, or did not prove its own.
+    AuthenticationFailed(String),
     /// Anything else; the message says what.
     Failed(String),
 }

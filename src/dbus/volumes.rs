@@ -24,6 +24,7 @@ impl From<NvmeError> for Error {
             NvmeError::Busy(_) => Error::Busy(msg),
             NvmeError::Timeout(_) => Error::Timeout(msg),
             NvmeError::NotFound(_) => Error::DeviceNotFound(msg),
+            NvmeError::Auth(_) => Error::AuthenticationFailed(msg),
             NvmeError::Kernel { .. } | NvmeError::Host(_) => Error::Failed(msg),
         }
     }

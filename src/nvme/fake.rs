@@ -2,7 +2,9 @@
 //! the kernel and udev change the real one, so the agent's discovery, idempotency and restart code
 //! runs unchanged against it:
 //! - connect parses the option string like `nvmf_parse_options`, refuses what the kernel refuses
-//!   (unknown target or port: ECONNREFUSED; the same connection twice: EALREADY), creates
+//!   (unknown target or port: ECONNREFUSED; the same connection twice: EALREADY; DH-HMAC-CHAP
+//!   as nvme-tcp against nvmet: no secret where one is required ENOKEY, a wrong one EKEYREJECTED),
+//!   creates
 //!   `/sys/class/nvme/nvmeN`, the subsystem, heads and path nodes (native multipath) or per-controller
 //!   namespaces, and replies `instance=N,cntlid=M`;
 //! - "udev" then, on its own thread and a little later, creates `/dev` nodes and `/dev/disk/by-id`
@@ -39,6 +41,8 @@ struct FakeTarget {
     ports: BTreeMap<(IpAddr, u16), bool>,
     namespaces: Vec<FakeNamespace>,
     serial: String,
+    /// DH-HMAC-CHAP: the host's secret the target requires, and the controller's own, if any.
+    dhchap: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,7 +151,17 @@ impl FakeKernel {
             ports: ports.iter().map(|p| (*p, true)).collect(),
             namespaces,
             serial,
+            dhchap: None,
         });
+    }
+
+    /// Requires DH-HMAC-CHAP for `nqn` (nvmet's `hosts/<hostnqn>/dhchap_key`, and
+    /// `dhchap_ctrl_key` for the controller's side).
+    pub fn require_dhchap(&self, nqn: &str, host_secret: &str, ctrl_secret: Option<&str>) {
+        let mut st = self.inner.state.lock().unwrap();
+        for t in st.targets.iter_mut().filter(|t| t.nqn == nqn) {
+            t.dhchap = Some((host_secret.to_string(), ctrl_secret.map(str::to_string)));
+        }
     }
 
     /// Namespace `nsid` with a UUID derived from the NQN, as nvmet generates one per namespace.
@@ -551,6 +565,18 @@ impl Fabrics for FakeKernel {
         else {
             return Err(Error::from_raw_os_error(nix::libc::ECONNREFUSED));
         };
+        if let Some((key, ctrl_key)) = &st.targets[ti].dhchap {
+            let refused = match (kv.get("dhchap_secret"), kv.get("dhchap_ctrl_secret")) {
+                (None, _) => Some(nix::libc::ENOKEY),
+                (Some(s), _) if s != key => Some(nix::libc::EKEYREJECTED),
+                // The host checks the controller: one without that secret cannot answer.
+                (_, Some(c)) if ctrl_key.as_ref() != Some(c) => Some(nix::libc::EKEYREJECTED),
+                _ => None,
+            };
+            if let Some(errno) = refused {
+                return Err(Error::from_raw_os_error(errno));
+            }
+        }
         let host_traddr = kv.get("host_traddr").cloned();
         let host_iface = kv.get("host_iface").cloned();
         let dup = st.ctrls.values().any(|c| {

@@ -55,6 +55,10 @@ pub enum NvmeError {
     Timeout(String),
     #[error("{0}")]
     NotFound(String),
+    /// In-band authentication failed: no secret where the target requires one, or a secret
+    /// (the host's or the controller's) rejected.
+    #[error("{0}")]
+    Auth(String),
     /// The kernel refused the connect or delete.
     #[error("{what}: {source}")]
     Kernel {
@@ -75,6 +79,7 @@ impl NvmeError {
             NvmeError::Busy(_) => "busy",
             NvmeError::Timeout(_) => "timeout",
             NvmeError::NotFound(_) => "not_found",
+            NvmeError::Auth(_) => "authentication",
             NvmeError::Kernel { .. } => "kernel",
             NvmeError::Host(_) => "state_io",
         }
@@ -1173,12 +1178,28 @@ impl Volumes {
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             let reply = reply.map_err(|source| {
                 let what = format!("connecting to {} at {}", a.nqn, a.path);
-                if source.raw_os_error() == Some(nix::libc::EALREADY) {
-                    NvmeError::Busy(format!(
+                match source.raw_os_error() {
+                    Some(nix::libc::EALREADY) => NvmeError::Busy(format!(
                         "{what}: the kernel already has this connection (made outside volfence?)"
-                    ))
-                } else {
-                    NvmeError::Kernel { what, source }
+                    )),
+                    // What nvme-tcp answers when DH-HMAC-CHAP fails (seen against nvmet).
+                    Some(nix::libc::ENOKEY) => NvmeError::Auth(format!(
+                        "{what}: the target requires authentication{} ({source})",
+                        if a.dhchap_secret.is_some() {
+                            ""
+                        } else {
+                            " and no dhchap_secret was given"
+                        }
+                    )),
+                    Some(nix::libc::EKEYREJECTED) => NvmeError::Auth(format!(
+                        "{what}: authentication failed: the target rejected dhchap_secret{} ({source})",
+                        if a.dhchap_ctrl_secret.is_some() {
+                            ", or the controller did not prove dhchap_ctrl_secret"
+                        } else {
+                            ""
+                        }
+                    )),
+                    _ => NvmeError::Kernel { what, source },
                 }
             })?;
             laps.lap("fabrics");

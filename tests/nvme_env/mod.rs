@@ -194,6 +194,33 @@ impl Env {
         }
     }
 
+    /// Lets only this host reach `nqn`, and only with DH-HMAC-CHAP: `host_secret` (and the
+    /// controller proving `ctrl_secret`). nvmet needs NVME_TARGET_AUTH (Debian's 6.12, not 6.1).
+    pub fn require_dhchap(&self, nqn: &str, host_secret: &str, ctrl_secret: Option<&str>) {
+        match &self.target {
+            TargetCtl::Fake(f) => f.require_dhchap(nqn, host_secret, ctrl_secret),
+            TargetCtl::Nvmet { .. } => {
+                let h = format!("{NVMET}/hosts/{}", self.identity.hostnqn);
+                let _ = std::fs::create_dir(&h);
+                assert!(
+                    std::path::Path::new(&format!("{h}/dhchap_key")).exists(),
+                    "this kernel's nvmet has no DH-HMAC-CHAP (NVME_TARGET_AUTH)"
+                );
+                wr(format!("{h}/dhchap_key"), host_secret);
+                if let Some(c) = ctrl_secret {
+                    wr(format!("{h}/dhchap_ctrl_key"), c);
+                }
+                let s = format!("{NVMET}/subsystems/{nqn}");
+                wr(format!("{s}/attr_allow_any_host"), "0");
+                std::os::unix::fs::symlink(
+                    &h,
+                    format!("{s}/allowed_hosts/{}", self.identity.hostnqn),
+                )
+                .unwrap();
+            }
+        }
+    }
+
     /// Takes the subsystem off a port (or puts it back).
     pub fn set_port(&self, nqn: &str, port: u16, up: bool) {
         match &self.target {
@@ -262,8 +289,16 @@ impl Drop for Env {
                     let _ = std::fs::write(format!("{nd}/enable"), "0");
                     let _ = std::fs::remove_dir(nd);
                 }
-                let _ = std::fs::remove_dir(format!("{NVMET}/subsystems/{nqn}"));
+                let s = format!("{NVMET}/subsystems/{nqn}");
+                if let Ok(rd) = std::fs::read_dir(format!("{s}/allowed_hosts")) {
+                    for link in rd.flatten() {
+                        let _ = std::fs::remove_file(link.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(s);
             }
+            // Unlinked from every subsystem above: a host entry goes with its secrets.
+            let _ = std::fs::remove_dir(format!("{NVMET}/hosts/{}", self.identity.hostnqn));
         }
     }
 }
