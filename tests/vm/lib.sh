@@ -166,6 +166,21 @@ start_journald() {
     spawn journald /lib/systemd/systemd-journald || return 1
     wait_for 20 test -S /run/systemd/journal/socket
 }
+# ctrls_of NQN : the NVMe controllers (nvmeN) connected to subsystem NQN
+ctrls_of() { grep -lx -- "$1" /sys/class/nvme/nvme*/subsysnqn 2>/dev/null | awk -F/ '{print $5}'; }
+# nvme_bodies LOG [FILTER ARGS...] : the shared test bodies (tests/nvme.rs) against this kernel;
+# every one the filter selects must run and pass, and at least one must be selected.
+nvme_bodies() {
+    local log=$1; shift
+    [ -s /etc/nvme/hostnqn ] || { mkdir -p /etc/nvme; nvme gen-hostnqn > /etc/nvme/hostnqn; }
+    VOLFENCE_REAL_KERNEL=1 VOLFENCE_NVMET_DIR=$W/nvmet RUST_BACKTRACE=1 \
+        "$VOLFENCE_NVME_TESTS" --test-threads=1 "$@" > "$log" 2>&1
+    local rc=$?
+    grep -E '^test |test result' "$log"
+    [ $rc -eq 0 ] || { grep -B2 -A12 panicked "$log" | head -60; return 1; }
+    local n; n=$("$VOLFENCE_NVME_TESTS" --list "$@" 2>/dev/null | grep -c ': test$')
+    [ "$n" -gt 0 ] && grep -q "test result: ok. $n passed; 0 failed; 0 ignored" "$log"
+}
 # agent_journal [JOURNALCTL ARGS...] : the agent's journal entries, messages only
 agent_journal() { journalctl -q --no-pager -t volfenced -o cat "$@"; }
 

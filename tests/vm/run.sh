@@ -14,7 +14,10 @@
 #   3. check the artifacts under test exist (release binaries and the .deb);
 #   4. boot: vng --disable-kvm ... --exec tests/vm/guest.sh, with a sparse virtio-blk disk
 #      (serial "lvmdisk") for LVM cases and an i6300esb watchdog for fence cases;
-#   5. exit 0 only if vng exited 0 AND the guest printed "N passed, 0 failed" with N > 0.
+#   5. exit 0 only if vng exited 0 AND the guest printed "N passed, 0 failed" with N > 0;
+#   6. the auth boot: Debian 12's 6.12 kernel (NVMe in-band authentication, which its 6.1
+#      lacks) runs cases 10-base, 20-agent and 45-nvme-auth; its counts add to the main boot's;
+#   7. the watchdog-reset boot (judged from the outside).
 # The last line printed is always "N passed, N failed" (CI parses it).
 #
 # Environment knobs:
@@ -23,7 +26,9 @@
 #   VOLFENCE_NVME_TESTS     the NVMe test bodies (default: built by `cargo test --test nvme --no-run`)
 #   VOLFENCE_CONNECT_BENCH  the connect benchmark (default: built by `cargo bench --bench nvme_connect --no-run`)
 #   NVME_BENCH_ROUNDS       rounds of the connect benchmark (default in cases/40-nvme.sh)
-#   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot
+#   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot;
+#                           VM_AUTH_TEST=0 skip the auth boot
+#   AUTH_KERNEL_PKG         the auth boot's kernel (default: what linux-image-6.12-amd64 depends on)
 #   VM_CASES="10-base 20-agent 40-nvme"  run only these cases in the main boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
 #   VOLFENCE_SRC            tree holding dbus/org.volfence.Agent1.conf and systemd/volfenced.service
@@ -115,9 +120,10 @@ check_tools
 phase tools
 
 # ------------------------------------------------------------------ 2. kernel
-# linux-image-amd64 (metapackage) depends on the current linux-image-6.1.0-NN-amd64; old
-# ABIs vanish from the mirror after security updates, so it is resolved on every run.
-kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+# A metapackage (linux-image-amd64: Debian 12's 6.1; linux-image-6.12-amd64: its 6.12, which
+# the auth boot needs) depends on the current linux-image-<abi>-amd64; old ABIs vanish from the
+# mirror after security updates, so it is resolved on every run.
+kpkg() { apt-cache depends "$1" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
 kpaths() { KVER=${KPKG#linux-image-}; KROOT=$WORK/kernel/$KVER; KIMG=$KROOT/boot/vmlinuz-$KVER; }
 kcached() { [ -s "$KIMG" ] && [ -s "$KROOT/lib/modules/$KVER/modules.dep" ]; }
 APT_UPDATED=0
@@ -126,14 +132,17 @@ apt_update_once() {
     apt-get update -qq > "$OUT/apt-update.log" 2>&1 || { cat "$OUT/apt-update.log" >&2; die "apt-get update failed"; }
     APT_UPDATED=1
 }
+# fetch_kernel METAPACKAGE [PACKAGE] : unpack PACKAGE (default: what METAPACKAGE depends on)
+# under $WORK/kernel, once; sets KPKG KVER KROOT KIMG.
 fetch_kernel() {
-    KPKG=${KERNEL_PKG:-$(kpkg)}
+    local meta=$1 pinned=${2:-}
+    KPKG=${pinned:-$(kpkg "$meta")}
     [ -n "$KPKG" ] && kpaths
     if [ -z "$KPKG" ] || ! kcached; then
         # not cached, or no/old package lists: refresh the lists, resolve again
         apt_update_once
-        KPKG=${KERNEL_PKG:-$(kpkg)}
-        [ -n "$KPKG" ] || die "cannot resolve the linux-image-amd64 dependency (set KERNEL_PKG)"
+        KPKG=${pinned:-$(kpkg "$meta")}
+        [ -n "$KPKG" ] || die "cannot resolve the $meta dependency (set KERNEL_PKG / AUTH_KERNEL_PKG)"
         kpaths
     fi
     kcached && return 0
@@ -147,7 +156,12 @@ fetch_kernel() {
     depmod -b "$KROOT" "$KVER" || die "depmod failed"   # the .deb ships no modules.dep
     kcached || die "kernel tree $KROOT is incomplete (no $KIMG or modules.dep)"
 }
-fetch_kernel
+if [ "${VM_AUTH_TEST:-1}" = 1 ]; then
+    fetch_kernel linux-image-6.12-amd64 "${AUTH_KERNEL_PKG:-}"
+    AUTH_KIMG=$KIMG
+    echo "[host] auth boot kernel $KVER: $KIMG"
+fi
+fetch_kernel linux-image-amd64 "${KERNEL_PKG:-}"
 echo "[host] kernel $KVER: $KIMG"
 phase kernel
 
@@ -177,12 +191,18 @@ ACCEL_ARGS=(--disable-kvm)   # KVM here is kvm_pvm: qemu aborts or the kernel ha
 [ "${VMTEST_ACCEL:-tcg}" = kvm ] && ACCEL_ARGS=()
 QEMU_OPTS="-drive if=none,id=lvmdisk,file=$DISK,format=raw,cache=unsafe -device virtio-blk-pci,drive=lvmdisk,serial=lvmdisk"
 QEMU_OPTS+=" -device i6300esb"
-# --exec goes through a shell in the guest: quote every value
-GUEST_CMD=$(printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
-    VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
-    VOLFENCE_CONNECT_BENCH "$VOLFENCE_CONNECT_BENCH" NVME_BENCH_ROUNDS "${NVME_BENCH_ROUNDS:-}" \
-    VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}" VM_CASES "${VM_CASES:-}")
-GUEST_CMD+=$(printf '%q %q' "$HERE/guest.sh" "$OUT")
+# guest_cmd OUTDIR CASES [NAME VALUE]... : guest.sh's command line (--exec goes through a shell
+# in the guest: every value quoted)
+guest_cmd() {
+    local out=$1 cases=$2; shift 2
+    printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
+        VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
+        VOLFENCE_CONNECT_BENCH "$VOLFENCE_CONNECT_BENCH" NVME_BENCH_ROUNDS "${NVME_BENCH_ROUNDS:-}" \
+        VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}" \
+        VM_CASES "$cases" "$@"
+    printf '%q %q' "$HERE/guest.sh" "$out"
+}
+GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
 echo "[host] ${VNG[*]}"
@@ -214,7 +234,47 @@ elif [ "${VM_MAIN:-1}" = 1 ] && { [ "$rc" -ne 0 ] || ! [[ $summary =~ ^[1-9][0-9
     echo "[host] FAIL (details: $OUT/guest-detail.log, $OUT/dmesg.log)"
 fi
 
-# ------------------------------------------------------------------ 6. second boot: watchdog reset
+# boot_summary CONSOLE_LOG VNG_RC : the boot's "N passed, N failed"; one failure more if it died
+# or hung before printing it, or if vng failed although no check did
+boot_summary() {
+    local log=$1 rc=$2 s np nf
+    s=$(tr -d '\r' < "$log" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
+    if [ -z "$s" ]; then
+        np=$(tr -d '\r' < "$log" | grep -c '^PASS '); nf=$(tr -d '\r' < "$log" | grep -c '^FAIL ')
+        s="$np passed, $((nf + 1)) failed"
+    elif [ "$rc" -ne 0 ] && [[ $s =~ \ 0\ failed$ ]]; then
+        s="${s%% *} passed, 1 failed"
+    fi
+    echo "$s"
+}
+
+# ------------------------------------------------------------------ 6. auth boot
+# NVMe in-band authentication (DH-HMAC-CHAP) needs NVME_HOST_AUTH and NVME_TARGET_AUTH, which
+# Debian's 6.1 lacks: cases/45-nvme-auth.sh runs under its 6.12, after the cases it needs.
+auth_boot() {
+    local out=$OUT/auth rc s
+    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
+    truncate -s 2G "$DISK" || return 1
+    timeout -k 20 "$VM_TIMEOUT" vng -r "$AUTH_KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
+        --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
+        --exec "$(guest_cmd "$out" "10-base 20-agent 45-nvme-auth" VM_REQUIRE_AUTH 1)" \
+        < /dev/null > "$out/console.log" 2>&1
+    rc=$?
+    rm -f "$DISK"
+    phase "vm (auth boot)"
+    tr -d '\r' < "$out/console.log" | grep -E '^(PASS|FAIL|guest:) ' | sed 's/^/[host] auth boot: /'
+    s=$(boot_summary "$out/console.log" "$rc")
+    echo "[host] auth boot ($AUTH_KIMG): vng exit code $rc; $s (details: $out/guest-detail.log)"
+    AUTH_SUMMARY=$s
+}
+if [ "${VM_AUTH_TEST:-1}" = 1 ]; then
+    auth_boot
+    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
+    read -r ap af < <(awk '{print $1, $3}' <<< "${AUTH_SUMMARY:-0 passed, 1 failed}")
+    summary="$((np + ap)) passed, $((nf + af)) failed"
+fi
+
+# ------------------------------------------------------------------ 7. third boot: watchdog reset
 # A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs
 # qemu with -no-reboot, so the reset ends the VM; judged here from the outside.
 reset_check() {

@@ -24,21 +24,9 @@ target_add() {
     fi
     ln -s "$s" "$p/subsystems/$nqn"
 }
-ctrls_of() { grep -lx -- "$1" /sys/class/nvme/nvme*/subsysnqn 2>/dev/null | awk -F/ '{print $5}'; }
 
-t_nvme_shared_bodies() {
-    [ -s /etc/nvme/hostnqn ] || { mkdir -p /etc/nvme; nvme gen-hostnqn > /etc/nvme/hostnqn; }
-    # DH-HMAC-CHAP needs NVMe authentication, which Debian's 6.1 is built without.
-    local skip=(--skip dhchap)
-    VOLFENCE_REAL_KERNEL=1 VOLFENCE_NVMET_DIR=$W/nvmet RUST_BACKTRACE=1 \
-        "$VOLFENCE_NVME_TESTS" --test-threads=1 "${skip[@]}" > "$OUT/nvme-tests.log" 2>&1
-    local rc=$?
-    grep -E '^test |test result' "$OUT/nvme-tests.log"
-    [ $rc -eq 0 ] || { grep -B2 -A12 panicked "$OUT/nvme-tests.log" | head -60; return 1; }
-    # every other body ran here: none skipped, none filtered out
-    local n; n=$("$VOLFENCE_NVME_TESTS" --list "${skip[@]}" 2>/dev/null | grep -c ': test$')
-    [ "$n" -gt 0 ] && grep -q "test result: ok. $n passed; 0 failed; 0 ignored" "$OUT/nvme-tests.log"
-}
+# All but DH-HMAC-CHAP, which needs a kernel with NVMe authentication (cases/45-nvme-auth.sh).
+t_nvme_shared_bodies() { nvme_bodies "$OUT/nvme-tests.log" --skip dhchap; }
 check nvme-real-kernel-shared-test-bodies t_nvme_shared_bodies
 
 t_nvme_capture_sysfs() {
