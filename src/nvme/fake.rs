@@ -2,11 +2,10 @@
 //! the kernel and udev change the real one, so the agent's discovery, idempotency and restart code
 //! runs unchanged against it:
 //! - connect parses the option string like `nvmf_parse_options`, refuses what the kernel refuses
-//!   (unknown target or port: ECONNREFUSED; the same connection twice: EALREADY; DH-HMAC-CHAP
-//!   as nvme-tcp against nvmet: no secret where one is required ENOKEY, a wrong one EKEYREJECTED),
-//!   creates
-//!   `/sys/class/nvme/nvmeN`, the subsystem, heads and path nodes (native multipath) or per-controller
-//!   namespaces, and replies `instance=N,cntlid=M`;
+//!   (unknown target or port: ECONNREFUSED; the same connection twice: EALREADY; DH-HMAC-CHAP as
+//!   nvme-tcp against nvmet: no secret where one is required ENOKEY, a wrong one EKEYREJECTED),
+//!   creates `/sys/class/nvme/nvmeN`, the subsystem, heads and path nodes (native multipath) or
+//!   per-controller namespaces, and replies `instance=N,cntlid=M`;
 //! - "udev" then, on its own thread and a little later, creates `/dev` nodes and `/dev/disk/by-id`
 //!   links and only then sends the events, as udevd does after its rules ran (and after its `RUN`
 //!   programs: [`FakeKernel::set_udev_run_time`]);

@@ -1192,11 +1192,11 @@ impl Volumes {
                         }
                     )),
                     Some(nix::libc::EKEYREJECTED) => NvmeError::Auth(format!(
-                        "{what}: authentication failed: the target rejected dhchap_secret{} ({source})",
-                        if a.dhchap_ctrl_secret.is_some() {
-                            ", or the controller did not prove dhchap_ctrl_secret"
-                        } else {
-                            ""
+                        "{what}: authentication failed{} ({source})",
+                        match (&a.dhchap_secret, &a.dhchap_ctrl_secret) {
+                            (Some(_), Some(_)) => ": the target rejected dhchap_secret, or the controller did not prove dhchap_ctrl_secret",
+                            (Some(_), None) => ": the target rejected dhchap_secret",
+                            (None, _) => "",
                         }
                     )),
                     _ => NvmeError::Kernel { what, source },
