@@ -50,13 +50,15 @@ async fn ctl(bus: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn volumes_over_dbus_and_volfencectl() {
-    let bus = PrivateBus::start();
-    let env = Env::new().await;
-    let nqn = "nqn.2024-01.io.volfence.test:dbus";
-    env.add_target(nqn, &[4420, 4421], &[1], 64 * MIB);
-    let volumes = env.volumes();
+/// The agent's objects on `bus`, over `volumes` (no publisher: a test starts its own).
+async fn serve(
+    bus: &PrivateBus,
+    env: &Env,
+    volumes: &volfence::nvme::volumes::Volumes,
+) -> (
+    zbus::Connection,
+    zbus::object_server::InterfaceRef<dbus::Agent>,
+) {
     let conn = zbus::connection::Builder::address(bus.address.as_str())
         .build()
         .await
@@ -74,10 +76,21 @@ async fn volumes_over_dbus_and_volfencectl() {
         env.fence.clone(),
         Arc::new(Level(Mutex::new("info".into()))),
         volumes.clone(),
-        snapshots(&env),
+        snapshots(env),
     )
     .await
     .unwrap();
+    (conn, iface)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_over_dbus_and_volfencectl() {
+    let bus = PrivateBus::start();
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:dbus";
+    env.add_target(nqn, &[4420, 4421], &[1], 64 * MIB);
+    let volumes = env.volumes();
+    let (conn, iface) = serve(&bus, &env, &volumes).await;
     tokio::spawn(dbus::volumes::publish_volumes(
         conn.clone(),
         volumes.clone(),
@@ -334,4 +347,56 @@ async fn volumes_over_dbus_and_volfencectl() {
     let out = ctl(a, &["list", "--json"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     assert!(env.controllers_of(nqn).is_empty());
+}
+
+/// The object `Connect` names in its reply exists when the reply arrives, and is gone when
+/// `Disconnect` returns: the calls themselves see to it, not the publisher that follows later
+/// changes (not running here, so nothing else could have made or removed the object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_a_connect_names_exists_when_it_replies() {
+    let bus = PrivateBus::start();
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:dbusobj";
+    env.add_target(nqn, &[4424], &[1], 16 * MIB);
+    let volumes = env.volumes();
+    let (_conn, _iface) = serve(&bus, &env, &volumes).await;
+    let client = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let agent = volfence::dbus::client::Agent1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let target = std::collections::HashMap::from([
+        ("nqn", zbus::Variant::from(nqn)),
+        ("traddr", "127.0.0.1".into()),
+        ("trsvcid", 4424u32.into()),
+        ("nsid", 1u32.into()),
+    ]);
+    let (device, info) = agent
+        .connect("vol-o", target, Default::default())
+        .await
+        .unwrap();
+    let path = zbus::OwnedObjectPath::try_from(info["ObjectPath"].clone()).unwrap();
+    let props = zbus::fdo::PropertiesProxy::builder(&client)
+        .destination(dbus::BUS_NAME)
+        .path(path.clone())
+        .build()
+        .await
+        .unwrap();
+    let iface = zbus::names::InterfaceName::from_static_str("org.volfence.Volume1").unwrap();
+    let all = props.get_all(iface.clone()).await.unwrap();
+    assert_eq!(all["State"].downcast_ref::<&str>().unwrap(), "live");
+    assert_eq!(all["Device"].downcast_ref::<&str>().unwrap(), device);
+    agent.disconnect("vol-o", Default::default()).await.unwrap();
+    let gone = props.get_all(iface).await.unwrap_err();
+    assert!(
+        matches!(
+            gone,
+            zbus::fdo::Error::UnknownObject(_) | zbus::fdo::Error::UnknownInterface(_)
+        ),
+        "{gone:?}"
+    );
 }

@@ -101,6 +101,8 @@ pub struct Agent {
     log: Arc<dyn LogControl>,
     started: StdInstant,
     volumes: Volumes,
+    /// The volumes' objects, shared with the publisher (see [`volumes::VolumeObjects`]).
+    volume_objects: volumes::VolumeObjects,
     snapshots: Snapshots,
 }
 
@@ -142,6 +144,13 @@ async fn require_root(conn: &Connection, header: &Header<'_>) -> Result<(), Erro
         )));
     }
     Ok(())
+}
+
+impl Agent {
+    /// The registry `Connect` and the volume publisher share.
+    pub(crate) fn volume_objects(&self) -> volumes::VolumeObjects {
+        self.volume_objects.clone()
+    }
 }
 
 #[interface(name = "org.volfence.Agent1")]
@@ -251,6 +260,11 @@ impl Agent {
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
         let info = self.volumes.connect(&guard, req).await?;
+        // The reply names the volume's object: it exists before the caller can ask it.
+        let id = std::collections::HashSet::from([info.volume_id.clone()]);
+        self.volume_objects
+            .sync(conn.object_server(), &self.volumes, Some(id))
+            .await?;
         Ok((info.device.clone(), volumes::info_dict(&info)))
     }
 
@@ -278,7 +292,13 @@ impl Agent {
                 }
             }
         }
-        Ok(self.volumes.disconnect(&volume_id, timeout).await?)
+        self.volumes.disconnect(&volume_id, timeout).await?;
+        // Gone from the bus when the caller hears so, as it appeared for `Connect`.
+        let id = std::collections::HashSet::from([volume_id]);
+        self.volume_objects
+            .sync(conn.object_server(), &self.volumes, Some(id))
+            .await?;
+        Ok(())
     }
 
     /// Every volume this agent holds, as dictionaries (see `Connect`).
@@ -430,6 +450,7 @@ pub async fn serve(
         log,
         started: StdInstant::now(),
         volumes,
+        volume_objects: Default::default(),
         snapshots,
     };
     server.at(AGENT_PATH, agent).await?;

@@ -235,49 +235,30 @@ async fn emit_changes(
     .await
 }
 
-/// Keeps the per-volume objects in step with the manager until `shutdown`.
-pub async fn publish_volumes(
-    conn: Connection,
-    volumes: Volumes,
-    agent: InterfaceRef<Agent>,
-    shutdown: CancellationToken,
-) -> zbus::Result<()> {
-    use tokio::sync::broadcast::error::RecvError;
-    let mut rx = volumes.subscribe();
-    let server = conn.object_server();
-    let mut shown: HashMap<String, VolumeInfo> = HashMap::new();
-    let mut sync_all = true;
-    loop {
-        let mut touched: HashSet<String> = HashSet::new();
-        if sync_all {
-            let now: HashSet<String> = volumes.list().into_iter().map(|i| i.volume_id).collect();
-            touched.extend(now.iter().cloned());
-            touched.extend(shown.keys().cloned());
-            sync_all = false;
-        } else {
-            let ev = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                r = rx.recv() => r,
-            };
-            match ev {
-                Ok(
-                    VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id),
-                ) => {
-                    touched.insert(id);
-                }
-                Ok(VolumeEvent::Lost(id)) => {
-                    let nqn = volumes.get(&id).map(|i| i.nqn).unwrap_or_default();
-                    Agent::volume_lost(agent.signal_emitter(), &id, &nqn).await?;
-                    continue;
-                }
-                Err(RecvError::Lagged(_)) => {
-                    sync_all = true;
-                    continue;
-                }
-                Err(RecvError::Closed) => return Ok(()),
-            }
-        }
-        for id in touched {
+/// The per-volume objects on the bus, with the view each was last published with. `Connect`
+/// and the publisher both go through it, under one lock: `Connect` makes its volume's object
+/// before it replies (the reply names it), the publisher follows every other change, and
+/// neither can bring back an object the other has removed.
+#[derive(Clone, Default)]
+pub struct VolumeObjects(std::sync::Arc<tokio::sync::Mutex<HashMap<String, VolumeInfo>>>);
+
+impl VolumeObjects {
+    /// Makes the bus show what the manager has now for `ids` (every volume, shown or not, if
+    /// `None`): objects added (InterfacesAdded), changed (one PropertiesChanged) or removed.
+    pub async fn sync(
+        &self,
+        server: &zbus::ObjectServer,
+        volumes: &Volumes,
+        ids: Option<HashSet<String>>,
+    ) -> zbus::Result<()> {
+        let mut shown = self.0.lock().await;
+        let ids = ids.unwrap_or_else(|| {
+            let mut all: HashSet<String> =
+                volumes.list().into_iter().map(|i| i.volume_id).collect();
+            all.extend(shown.keys().cloned());
+            all
+        });
+        for id in ids {
             let path = volume_path(&id);
             match (volumes.get(&id), shown.remove(&id)) {
                 (Some(now), None) => {
@@ -303,6 +284,45 @@ pub async fn publish_volumes(
                 }
                 (None, None) => {}
             }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the per-volume objects in step with the manager until `shutdown`.
+pub async fn publish_volumes(
+    conn: Connection,
+    volumes: Volumes,
+    agent: InterfaceRef<Agent>,
+    shutdown: CancellationToken,
+) -> zbus::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = volumes.subscribe();
+    let server = conn.object_server();
+    let objects = agent.get().await.volume_objects();
+    let mut sync_all = true;
+    loop {
+        if sync_all {
+            objects.sync(server, &volumes, None).await?;
+            sync_all = false;
+            continue;
+        }
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = rx.recv() => r,
+        };
+        match ev {
+            Ok(VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id)) => {
+                objects
+                    .sync(server, &volumes, Some(HashSet::from([id])))
+                    .await?;
+            }
+            Ok(VolumeEvent::Lost(id)) => {
+                let nqn = volumes.get(&id).map(|i| i.nqn).unwrap_or_default();
+                Agent::volume_lost(agent.signal_emitter(), &id, &nqn).await?;
+            }
+            Err(RecvError::Lagged(_)) => sync_all = true,
+            Err(RecvError::Closed) => return Ok(()),
         }
     }
 }

@@ -1025,10 +1025,10 @@ impl Volumes {
                 }
                 let (this, id, epoch) = (self.clone(), id.to_string(), guard.epoch());
                 // From a task of its own, which runs once this one yields (tokio runs a task
-                // spawned from a worker next on that worker): the volume's announcement (its
-                // D-Bus object and signal) and the log line (journald waking up to take it)
-                // follow the reply the caller waits for, instead of competing with it while
-                // udev still works on the device. At worst they run alongside, as before.
+                // spawned from a worker next on that worker): the change event (for the
+                // volume's D-Bus object, which `Connect` has already made before replying) and
+                // the log line (journald waking up to take it) follow the reply the caller
+                // waits for, instead of competing with it. At worst they run alongside.
                 tokio::spawn(async move {
                     this.announce(events);
                     if let Some(line) = line {
