@@ -564,18 +564,6 @@ impl Fabrics for FakeKernel {
         else {
             return Err(Error::from_raw_os_error(nix::libc::ECONNREFUSED));
         };
-        if let Some((key, ctrl_key)) = &st.targets[ti].dhchap {
-            let refused = match (kv.get("dhchap_secret"), kv.get("dhchap_ctrl_secret")) {
-                (None, _) => Some(nix::libc::ENOKEY),
-                (Some(s), _) if s != key => Some(nix::libc::EKEYREJECTED),
-                // The host checks the controller: one without that secret cannot answer.
-                (_, Some(c)) if ctrl_key.as_ref() != Some(c) => Some(nix::libc::EKEYREJECTED),
-                _ => None,
-            };
-            if let Some(errno) = refused {
-                return Err(Error::from_raw_os_error(errno));
-            }
-        }
         let host_traddr = kv.get("host_traddr").cloned();
         let host_iface = kv.get("host_iface").cloned();
         let dup = st.ctrls.values().any(|c| {
@@ -588,6 +576,19 @@ impl Fabrics for FakeKernel {
         });
         if dup && !flags.contains("duplicate_connect") {
             return Err(Error::from_raw_os_error(nix::libc::EALREADY));
+        }
+        // After the duplicate check, as nvmf_create_ctrl finds a duplicate before connecting.
+        if let Some((key, ctrl_key)) = &st.targets[ti].dhchap {
+            let refused = match (kv.get("dhchap_secret"), kv.get("dhchap_ctrl_secret")) {
+                (None, _) => Some(nix::libc::ENOKEY),
+                (Some(s), _) if s != key => Some(nix::libc::EKEYREJECTED),
+                // The host checks the controller: one without that secret cannot answer.
+                (_, Some(c)) if ctrl_key.as_ref() != Some(c) => Some(nix::libc::EKEYREJECTED),
+                _ => None,
+            };
+            if let Some(errno) = refused {
+                return Err(Error::from_raw_os_error(errno));
+            }
         }
         let i = (0..).find(|i| !st.ctrls.contains_key(i)).unwrap();
         let new_subsys = !st.subsystems.contains_key(&nqn);

@@ -1182,8 +1182,10 @@ impl Volumes {
                     Some(nix::libc::EALREADY) => NvmeError::Busy(format!(
                         "{what}: the kernel already has this connection (made outside volfence?)"
                     )),
-                    // What nvme-tcp answers when DH-HMAC-CHAP fails (seen against nvmet).
-                    Some(nix::libc::ENOKEY) => NvmeError::Auth(format!(
+                    // What nvme-tcp answers when DH-HMAC-CHAP fails (seen against nvmet). A TLS
+                    // connect can fail with the same errnos for its PSK, which has not been seen
+                    // against a real target: it keeps the kernel's answer.
+                    Some(nix::libc::ENOKEY) if !a.tls => NvmeError::Auth(format!(
                         "{what}: the target requires authentication{} ({source})",
                         if a.dhchap_secret.is_some() {
                             ""
@@ -1191,7 +1193,7 @@ impl Volumes {
                             " and no dhchap_secret was given"
                         }
                     )),
-                    Some(nix::libc::EKEYREJECTED) => NvmeError::Auth(format!(
+                    Some(nix::libc::EKEYREJECTED) if !a.tls => NvmeError::Auth(format!(
                         "{what}: authentication failed{} ({source})",
                         match (&a.dhchap_secret, &a.dhchap_ctrl_secret) {
                             (Some(_), Some(_)) => ": the target rejected dhchap_secret, or the controller did not prove dhchap_ctrl_secret",
