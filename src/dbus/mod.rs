@@ -151,6 +151,20 @@ impl Agent {
     pub(crate) fn volume_objects(&self) -> volumes::VolumeObjects {
         self.volume_objects.clone()
     }
+
+    /// Brings volume `id`'s object in line with the manager. A bus failure here does not undo
+    /// the connect or disconnect that was done: it is logged, and the publisher's next pass
+    /// over the volume tries again.
+    async fn sync_volume_object(&self, conn: &Connection, id: &str) {
+        let ids = std::collections::HashSet::from([id.to_string()]);
+        if let Err(e) = self
+            .volume_objects
+            .sync(conn.object_server(), &self.volumes, Some(ids))
+            .await
+        {
+            tracing::error!(VOLUME = id, "volume {id}: its D-Bus object: {e}");
+        }
+    }
 }
 
 #[interface(name = "org.volfence.Agent1")]
@@ -261,10 +275,7 @@ impl Agent {
         let guard = self.fence.guard()?;
         let info = self.volumes.connect(&guard, req).await?;
         // The reply names the volume's object: it exists before the caller can ask it.
-        let id = std::collections::HashSet::from([info.volume_id.clone()]);
-        self.volume_objects
-            .sync(conn.object_server(), &self.volumes, Some(id))
-            .await?;
+        self.sync_volume_object(conn, &info.volume_id).await;
         Ok((info.device.clone(), volumes::info_dict(&info)))
     }
 
@@ -294,10 +305,7 @@ impl Agent {
         }
         self.volumes.disconnect(&volume_id, timeout).await?;
         // Gone from the bus when the caller hears so, as it appeared for `Connect`.
-        let id = std::collections::HashSet::from([volume_id]);
-        self.volume_objects
-            .sync(conn.object_server(), &self.volumes, Some(id))
-            .await?;
+        self.sync_volume_object(conn, &volume_id).await;
         Ok(())
     }
 

@@ -262,16 +262,18 @@ impl VolumeObjects {
             let path = volume_path(&id);
             match (volumes.get(&id), shown.remove(&id)) {
                 (Some(now), None) => {
+                    // Recorded first: an object added but not announced (the signal failed)
+                    // is still removed with its volume.
+                    shown.insert(id.clone(), now);
                     server
                         .at(
                             &path,
                             VolumeObject {
                                 volumes: volumes.clone(),
-                                id: id.clone(),
+                                id,
                             },
                         )
                         .await?;
-                    shown.insert(id, now);
                 }
                 (Some(now), Some(old)) => {
                     if let Ok(iface) = server.interface::<_, VolumeObject>(&path).await {
