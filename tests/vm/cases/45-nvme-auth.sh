@@ -60,7 +60,8 @@ t_auth_setup() {
         && ln -s "$s" "$p/subsystems/$ANQN" || return 1
     printf '[log]\ntarget = "journald"\n' > "$W/auth-agent.toml"
     rm -rf /run/volfence
-    spawn aagent env RUST_LOG=info "$VOLFENCED" --config "$W/auth-agent.toml" || return 1
+    # debug: the option string the agent writes to the kernel is logged, redacted
+    spawn aagent env RUST_LOG=info,volfence=debug "$VOLFENCED" --config "$W/auth-agent.toml" || return 1
     wait_for 60 fence_held || { cat "$OUT/aagent.log"; return 1; }
 }
 check nvme-auth-target-setup t_auth_setup
@@ -88,7 +89,9 @@ t_auth_connect_io() {
     # a repeated connect reuses the authenticated controller
     expect_rc 0 auth_connect vol-auth -o "dhchap_secret=$(auth_key host)" || return 1
     [ "$(json_str Device)" = "$dev" ] && [ "$(ctrls_of "$ANQN")" = "$c" ] || fail "second connect was not idempotent" || return 1
-    # neither logged nor persisted
+    # neither logged nor persisted: the option string is in the journal, without the secret
+    agent_journal | grep -q "writing to /dev/nvme-fabrics: .*,dhchap_secret=<redacted>" \
+        || fail "no redacted option string in the journal" || return 1
     if agent_journal | grep -F "$(auth_key host | cut -d: -f3)"; then fail "a secret is in the journal"; return 1; fi
     if grep -rF "DHHC-1" /run/volfence; then fail "a secret is in the agent's records"; return 1; fi
     expect_rc 0 "$VOLFENCECTL" disconnect vol-auth || return 1
