@@ -166,6 +166,25 @@ start_journald() {
     spawn journald /lib/systemd/systemd-journald || return 1
     wait_for 20 test -S /run/systemd/journal/socket
 }
+# ---------------------------------------------------------------- NVMe
+NVMET=/sys/kernel/config/nvmet
+# target_add NQN PORT NSIDS... : nvmet subsystem NQN, open to any host, exported on 127.0.0.1
+# PORT with file-backed namespaces $W/nvmet/PORT-NSID.img (buffered_io: no O_DIRECT on tmpfs)
+target_add() {
+    local nqn=$1 port=$2 n; shift 2
+    local s=$NVMET/subsystems/$nqn p=$NVMET/ports/$port
+    mkdir -p "$W/nvmet" && mkdir "$s" && echo 1 > "$s/attr_allow_any_host" || return 1
+    for n in "$@"; do
+        truncate -s 64M "$W/nvmet/$port-$n.img"
+        mkdir "$s/namespaces/$n" && echo -n "$W/nvmet/$port-$n.img" > "$s/namespaces/$n/device_path" \
+            && echo 1 > "$s/namespaces/$n/buffered_io" && echo 1 > "$s/namespaces/$n/enable" || return 1
+    done
+    if [ ! -d "$p" ]; then
+        mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \
+            && echo 127.0.0.1 > "$p/addr_traddr" && echo "$port" > "$p/addr_trsvcid" || return 1
+    fi
+    ln -s "$s" "$p/subsystems/$nqn"
+}
 # ctrls_of NQN : the NVMe controllers (nvmeN) connected to subsystem NQN
 ctrls_of() { grep -lx -- "$1" /sys/class/nvme/nvme*/subsysnqn 2>/dev/null | awk -F/ '{print $5}'; }
 # nvme_bodies LOG [FILTER ARGS...] : the shared test bodies (tests/nvme.rs) against this kernel;

@@ -4,26 +4,8 @@
 # `nvme connect`, the connect benchmark, and a capture of sysfs for the parser fixtures.
 # Needs 10-base.sh (modules, configfs, system bus) and 20-agent.sh (helpers).
 
-NVMET=/sys/kernel/config/nvmet
 VNQN=nqn.2024-01.io.volfence.vm:agent
 FNQN=nqn.2024-01.io.volfence.vm:foreign
-
-# target_add NQN PORT NSIDS... : file-backed namespaces (buffered_io: no O_DIRECT on tmpfs)
-target_add() {
-    local nqn=$1 port=$2 n; shift 2
-    local s=$NVMET/subsystems/$nqn p=$NVMET/ports/$port
-    mkdir -p "$W/nvmet" && mkdir "$s" && echo 1 > "$s/attr_allow_any_host" || return 1
-    for n in "$@"; do
-        truncate -s 64M "$W/nvmet/$port-$n.img"
-        mkdir "$s/namespaces/$n" && echo -n "$W/nvmet/$port-$n.img" > "$s/namespaces/$n/device_path" \
-            && echo 1 > "$s/namespaces/$n/buffered_io" && echo 1 > "$s/namespaces/$n/enable" || return 1
-    done
-    if [ ! -d "$p" ]; then
-        mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \
-            && echo 127.0.0.1 > "$p/addr_traddr" && echo "$port" > "$p/addr_trsvcid" || return 1
-    fi
-    ln -s "$s" "$p/subsystems/$nqn"
-}
 
 # All but DH-HMAC-CHAP, which needs a kernel with NVMe authentication (cases/45-nvme-auth.sh).
 t_nvme_shared_bodies() { nvme_bodies "$OUT/nvme-tests.log" --skip dhchap; }

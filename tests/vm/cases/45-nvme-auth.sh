@@ -6,13 +6,12 @@
 # boot", VM_REQUIRE_AUTH=1). Elsewhere the case registers no check.
 # Needs 10-base.sh (modules, configfs, system bus) and 20-agent.sh (helpers).
 
-ANVMET=/sys/kernel/config/nvmet
 ANQN=nqn.2024-01.io.volfence.vm:auth
 APORT=4610
 
 # Whether nvmet takes DH-HMAC-CHAP keys (a host entry has dhchap_key).
 auth_supported() {
-    local h=$ANVMET/hosts/nqn.2024-01.io.volfence.vm:probe ok=1
+    local h=$NVMET/hosts/nqn.2024-01.io.volfence.vm:probe ok=1
     mkdir "$h" 2>/dev/null || return 1
     [ -e "$h/dhchap_key" ] || ok=0
     rmdir "$h"
@@ -45,19 +44,14 @@ check nvme-auth-shared-test-body t_auth_shared_body
 
 t_auth_setup() {
     [ -s /etc/nvme/hostnqn ] || { mkdir -p /etc/nvme; nvme gen-hostnqn > /etc/nvme/hostnqn; }
-    local k host s=$ANVMET/subsystems/$ANQN p=$ANVMET/ports/$APORT
+    local k host s=$NVMET/subsystems/$ANQN
     host=$(auth_host)
     # 32-byte secrets, untransformed (hmac 0), as `nvme gen-dhchap-key` prints them
     for k in host ctrl wrong; do nvme gen-dhchap-key > "$W/auth-$k.key" || return 1; done
-    mkdir -p "$W/nvmet" && truncate -s 64M "$W/nvmet/auth-1.img" || return 1
+    target_add "$ANQN" $APORT 1 || return 1
     # only this host, and only with its secret
-    mkdir "$ANVMET/hosts/$host" && auth_key host > "$ANVMET/hosts/$host/dhchap_key" || return 1
-    mkdir "$s" && echo 0 > "$s/attr_allow_any_host" && ln -s "$ANVMET/hosts/$host" "$s/allowed_hosts/$host" || return 1
-    mkdir "$s/namespaces/1" && echo -n "$W/nvmet/auth-1.img" > "$s/namespaces/1/device_path" \
-        && echo 1 > "$s/namespaces/1/buffered_io" && echo 1 > "$s/namespaces/1/enable" || return 1
-    mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \
-        && echo 127.0.0.1 > "$p/addr_traddr" && echo $APORT > "$p/addr_trsvcid" \
-        && ln -s "$s" "$p/subsystems/$ANQN" || return 1
+    mkdir "$NVMET/hosts/$host" && auth_key host > "$NVMET/hosts/$host/dhchap_key" || return 1
+    echo 0 > "$s/attr_allow_any_host" && ln -s "$NVMET/hosts/$host" "$s/allowed_hosts/$host" || return 1
     printf '[log]\ntarget = "journald"\n' > "$W/auth-agent.toml"
     rm -rf /run/volfence
     # debug: the option string the agent writes to the kernel is logged, redacted
@@ -85,7 +79,7 @@ t_auth_connect_io() {
     # the kernel holds the secret the agent passed (root-only attribute)
     [ "$(cat "/sys/class/nvme/$c/dhchap_secret")" = "$(auth_key host)" ] || fail "$c/dhchap_secret is not the secret given" || return 1
     echo "volfence-vm-auth" | dd of="$dev" bs=4096 conv=sync,fsync oflag=direct status=none || return 1
-    grep -q volfence-vm-auth "$W/nvmet/auth-1.img" || fail "write not on the target's backing file" || return 1
+    grep -q volfence-vm-auth "$W/nvmet/$APORT-1.img" || fail "write not on the target's backing file" || return 1
     # a repeated connect reuses the authenticated controller
     expect_rc 0 auth_connect vol-auth -o "dhchap_secret=$(auth_key host)" || return 1
     [ "$(json_str Device)" = "$dev" ] && [ "$(ctrls_of "$ANQN")" = "$c" ] || fail "second connect was not idempotent" || return 1
@@ -118,7 +112,7 @@ t_auth_bidirectional() {
     expect_rc 1 auth_connect vol-auth -o "dhchap_secret=$(auth_key host)" -o "dhchap_ctrl_secret=$(auth_key ctrl)" || return 1
     contains "$RUN_OUT" "AuthenticationFailed" || return 1
     auth_none_left || return 1
-    auth_key ctrl > "$ANVMET/hosts/$host/dhchap_ctrl_key" || return 1
+    auth_key ctrl > "$NVMET/hosts/$host/dhchap_ctrl_key" || return 1
     expect_rc 0 auth_connect vol-auth -o "dhchap_secret=$(auth_key host)" -o "dhchap_ctrl_secret=$(auth_key ctrl)" || return 1
     json_assert 's["State"] == "live"' || return 1
     expect_rc 0 "$VOLFENCECTL" disconnect vol-auth || return 1
@@ -133,11 +127,11 @@ check nvme-auth-bidirectional t_auth_bidirectional
 t_auth_teardown() {
     local host; host=$(auth_host)
     stop_spawned aagent 15
-    rm -f "$ANVMET/ports/$APORT/subsystems/$ANQN" "$ANVMET/subsystems/$ANQN/allowed_hosts/$host"
-    rmdir "$ANVMET/ports/$APORT"
-    echo 0 > "$ANVMET/subsystems/$ANQN/namespaces/1/enable"
-    rmdir "$ANVMET/subsystems/$ANQN/namespaces/1" "$ANVMET/subsystems/$ANQN" "$ANVMET/hosts/$host"
-    [ ! -e "$ANVMET/subsystems/$ANQN" ]
+    rm -f "$NVMET/ports/$APORT/subsystems/$ANQN" "$NVMET/subsystems/$ANQN/allowed_hosts/$host"
+    rmdir "$NVMET/ports/$APORT"
+    echo 0 > "$NVMET/subsystems/$ANQN/namespaces/1/enable"
+    rmdir "$NVMET/subsystems/$ANQN/namespaces/1" "$NVMET/subsystems/$ANQN" "$NVMET/hosts/$host"
+    [ ! -e "$NVMET/subsystems/$ANQN" ]
 }
 AFTER_FAIL=
 check nvme-auth-teardown t_auth_teardown
