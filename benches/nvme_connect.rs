@@ -10,7 +10,8 @@
 //! (the previous round's teardown processed). The client is compiled, like the programs that
 //! call the agent in production (a CSI driver, `volfencectl`): the figure is the agent and the
 //! bus, not a scripting language's marshalling. Prints medians, their ratio (goal ≤ 1.05) with a
-//! bootstrap 95% interval, the median of per-round ratios, and what a bare call over the bus costs.
+//! bootstrap 95% interval, the median of per-round ratios, the ratio per block of 30 consecutive
+//! rounds (how far the host's drift moves it), and what a bare call over the bus costs.
 //!
 //! usage: nvme_connect NQN PORT UUID ROUNDS (as root, with volfenced on the system bus)
 
@@ -30,6 +31,8 @@ use zbus::Variant;
 const BY_ID: &str = "/dev/disk/by-id";
 const UDEV_RUN: &str = "/run/udev";
 const VOLUME: &str = "bench-vol";
+/// Consecutive rounds per block for the per-block ratios (150 rounds: 5 blocks).
+const BLOCK_ROUNDS: usize = 30;
 
 struct Args {
     nqn: String,
@@ -328,6 +331,16 @@ fn main() {
         );
     }
     let (ma, mr) = (median(&agent), median(&raw));
+    // The interval above treats rounds as independent; this host's speed drifts over minutes,
+    // which moves whole stretches of rounds together. The ratio per block of consecutive rounds
+    // shows that drift: identical runs in one boot have differed by more than their intervals.
+    let block = BLOCK_ROUNDS.min(agent.len());
+    let blocks: Vec<String> = agent
+        .chunks(block)
+        .zip(raw.chunks(block))
+        .filter(|(a, _)| a.len() == block)
+        .map(|(a, r)| format!("{:.3}", median(a) / median(r)))
+        .collect();
     let paired: Vec<f64> = agent.iter().zip(&raw).map(|(a, r)| a / r).collect();
     let (lo, hi) = ratio_interval(&agent, &raw);
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -335,7 +348,7 @@ fn main() {
         "bench connect: rounds={} agent_median_ms={ma:.1} raw_median_ms={mr:.1} ratio={:.3} \
          ratio_95ci={lo:.3}..{hi:.3} agent_min_ms={:.1} raw_min_ms={:.1} raw_write_median_ms={:.1} \
          paired_ratio_median={:.3} bus_getid_median_ms={:.2} dbus_ping_median_ms={:.2} \
-         dbus_roundtrip_median_ms={:.2} connect_again_median_ms={:.2}",
+         dbus_roundtrip_median_ms={:.2} connect_again_median_ms={:.2} ratio_per_{block}_rounds={}",
         b.args.rounds,
         ma / mr,
         min(&agent),
@@ -346,5 +359,6 @@ fn main() {
         median(&calls[1]),
         median(&calls[2]),
         median(&again),
+        blocks.join(","),
     );
 }
