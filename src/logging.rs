@@ -109,3 +109,56 @@ pub fn init(settings: &LogSettings) -> Result<LogHandle, LogError> {
         journald,
     })
 }
+
+/// One log line per window for a condition that can repeat at any rate (accept errors, a failing
+/// write on every renew): the first occurrence is logged, later ones are counted and reported with
+/// the next line a window later. A local user must not be able to turn a fault into a log flood.
+#[derive(Debug)]
+pub struct Throttle {
+    window: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const fn new(window: std::time::Duration) -> Throttle {
+        Throttle {
+            window,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line is due now (`n` occurrences were swallowed since the last one),
+    /// `None` when this occurrence is only counted.
+    pub fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.window => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_logs_once_per_window_and_counts_the_rest() {
+        let mut t = Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.due(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(t.due(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.due(), Some(1000));
+        assert_eq!(t.due(), None);
+    }
+}

@@ -259,25 +259,63 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
         .map_err(|source| MetricsError::Bind { addr, source })
 }
 
+/// What one client of the endpoint may hold. It listens on loopback, so every local user can
+/// connect: with no bound, idle connections pile up until the agent has no file descriptor left
+/// for its lease renew. At the limit the agent stops accepting and new connections wait in the
+/// kernel's backlog, which costs the agent nothing.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request's headers must arrive within this (slowloris).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this, whatever it is doing (keep-alive included): a client that
+/// never reads its answer cannot hold a slot.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves until `shutdown`, within [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`] and
+/// [`CONNECTION_LIFETIME`]. Accept errors (EMFILE, ENFILE, ...) back off up to 1 s and are logged
+/// at most once a minute.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut throttle = crate::logging::Throttle::new(std::time::Duration::from_secs(60));
+    let mut backoff = std::time::Duration::ZERO;
     loop {
-        let (stream, _) = tokio::select! {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!("metrics accept: {e}"); continue; }
+                Ok((stream, _)) => { backoff = std::time::Duration::ZERO; stream }
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+                    if let Some(swallowed) = throttle.due() {
+                        tracing::warn!("metrics endpoint: cannot accept a connection: {e} (backing off; {swallowed} more since the last such line)");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    continue;
+                }
             },
         };
-        let metrics = metrics.clone();
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, svc);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                _ = conn => {}
+            }
         });
     }
 }

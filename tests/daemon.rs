@@ -4,6 +4,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -429,4 +430,103 @@ fn restart_resumes_the_epoch_only_while_the_previous_holding_is_still_valid() {
         d.log()
     );
     assert!(d.log().contains("lapsed while no agent ran"), "{}", d.log());
+}
+
+/// Opens `n` connections to 127.0.0.1:`port` as uid 65534 and holds them for `hold_s`; every
+/// other one sends half a request and never finishes it. Prints the count once all are open.
+const FLOODER: &str = r#"
+import resource, socket, sys, time
+n, port, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for i in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    if i % 2:
+        try:
+            s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        except OSError:
+            pass
+    held.append(s)
+print(len(held), flush=True)
+time.sleep(hold)
+"#;
+
+#[test]
+fn metrics_flood_by_an_unprivileged_user_leaves_the_fence_held_and_the_log_quiet() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bus = PrivateBus::start();
+    let host = FakeHost::new("n1", BOOT_A, "");
+    std::fs::write(
+        &host.config,
+        format!(
+            "[daemon]\nshutdown_timeout = \"5s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [fence]\nlease_duration = \"4s\"\nrenew_interval = \"1s\"\nsafety_margin = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    // A small descriptor table, so 3,000 held connections would exhaust it many times over.
+    let mut d = Daemon::start_with(&host, &bus.address, &[], |cmd| unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 256)
+                .map_err(std::io::Error::from)
+        });
+    });
+    let epoch = wait_for_state(&bus.address, "held", &d)["Epoch"].clone();
+    let mut flood = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(FLOODER)
+        .args(["3000", &port.to_string(), "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut opened = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut opened,
+    )
+    .unwrap();
+    assert_eq!(opened.trim(), "3000", "the flooder could not open its connections");
+    // Held for longer than two lease durations: the fence never wavers.
+    let end = std::time::Instant::now() + Duration::from_secs(9);
+    while std::time::Instant::now() < end {
+        let st = status(&bus.address).expect("the agent answers during the flood");
+        assert_eq!(st["FenceState"], "held", "{st}\nlog:\n{}", d.log());
+        assert_eq!(st["Epoch"], epoch, "{st}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    flood.kill().unwrap();
+    flood.wait().unwrap();
+    // The endpoint serves again once the flood is gone.
+    let served = wait_until(Duration::from_secs(40), || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut body = String::new();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_ok()
+            && s.read_to_string(&mut body).is_ok()
+            && body.starts_with("HTTP/1.1 200")
+    });
+    assert!(served.is_ok(), "metrics never served again; log:\n{}", d.log());
+    let log = d.log();
+    assert!(!log.contains("-> fenced") && !log.contains("-> expiring"), "{log}");
+    assert!(
+        log.lines().count() < 30,
+        "the flood made the log grow: {} lines\n{log}",
+        log.lines().count()
+    );
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success(), "{}", d.log());
 }

@@ -403,12 +403,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             holder.boot_id.clone(),
         );
         tasks.spawn(async move {
+            // Written on every renew: a lasting fault (disk full) is one line a minute, not one
+            // per renew. A missing record only makes a restarted agent take a new epoch.
+            let mut throttle = crate::logging::Throttle::new(std::time::Duration::from_secs(60));
             loop {
                 let st = rx.borrow_and_update().clone();
                 if let Some(until) = st.valid_until {
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
                     if let Err(e) = record::write(&dir, &boot, st.epoch, left) {
-                        tracing::warn!("{e}");
+                        if let Some(n) = throttle.due() {
+                            tracing::warn!("{e} ({n} more failures since the last such line)");
+                        }
                     }
                 }
                 tokio::select! {

@@ -30,6 +30,15 @@ pub struct FileLease {
     holder: Holder,
     lock: Option<Flock<File>>,
     epoch: u64,
+    /// (dev, inode, mtime) of the epoch record as this holding left it: a renew that finds it
+    /// unchanged needs no file descriptor (an exhausted fd table must not cost the lease).
+    record_stamp: Option<(u64, u64, i64, i64)>,
+}
+
+fn stamp(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
 }
 
 impl FileLease {
@@ -40,6 +49,7 @@ impl FileLease {
             holder,
             lock: None,
             epoch: 0,
+            record_stamp: None,
         }
     }
 
@@ -115,6 +125,7 @@ impl FileLease {
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
         }
         self.epoch = epoch;
+        self.record_stamp = stamp(&self.epoch_path());
         Ok(Acquired { epoch, resumed })
     }
 
@@ -133,8 +144,14 @@ impl FileLease {
                 path.display()
             )));
         }
+        if self.record_stamp.is_some() && stamp(&self.epoch_path()) == self.record_stamp {
+            return Ok(());
+        }
         match Self::read_record(&self.epoch_path())? {
-            Some(r) if r.holder == self.holder.identity() && r.epoch == self.epoch => Ok(()),
+            Some(r) if r.holder == self.holder.identity() && r.epoch == self.epoch => {
+                self.record_stamp = stamp(&self.epoch_path());
+                Ok(())
+            }
             other => {
                 self.lock = None;
                 Err(BackendError::Lost(format!(

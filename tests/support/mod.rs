@@ -159,6 +159,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(host: &FakeHost, bus: &str, envs: &[(&str, &str)]) -> Daemon {
+        Self::start_with(host, bus, envs, |_| {})
+    }
+
+    /// [`Daemon::start`] with a last say over the command (resource limits, ...).
+    pub fn start_with(
+        host: &FakeHost,
+        bus: &str,
+        envs: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let log = host
             .root
             .path()
@@ -183,6 +193,7 @@ impl Daemon {
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        adjust(&mut cmd);
         Daemon {
             child: cmd.spawn().unwrap(),
             log,
