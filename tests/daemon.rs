@@ -484,7 +484,13 @@ fn metrics_flood_by_an_unprivileged_user_leaves_the_fence_held_and_the_log_quiet
     });
     let epoch = wait_for_state(&bus.address, "held", &d)["Epoch"].clone();
     let mut flood = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
         .arg(FLOODER)
         .args(["3000", &port.to_string(), "10"])
         .stdout(Stdio::piped())
@@ -496,7 +502,11 @@ fn metrics_flood_by_an_unprivileged_user_leaves_the_fence_held_and_the_log_quiet
         &mut opened,
     )
     .unwrap();
-    assert_eq!(opened.trim(), "3000", "the flooder could not open its connections");
+    assert_eq!(
+        opened.trim(),
+        "3000",
+        "the flooder could not open its connections"
+    );
     // Held for longer than two lease durations: the fence never wavers.
     let end = std::time::Instant::now() + Duration::from_secs(9);
     while std::time::Instant::now() < end {
@@ -519,14 +529,25 @@ fn metrics_flood_by_an_unprivileged_user_leaves_the_fence_held_and_the_log_quiet
             && s.read_to_string(&mut body).is_ok()
             && body.starts_with("HTTP/1.1 200")
     });
-    assert!(served.is_ok(), "metrics never served again; log:\n{}", d.log());
+    assert!(
+        served.is_ok(),
+        "metrics never served again; log:\n{}",
+        d.log()
+    );
     let log = d.log();
-    assert!(!log.contains("-> fenced") && !log.contains("-> expiring"), "{log}");
+    assert!(
+        !log.contains("-> fenced") && !log.contains("-> expiring"),
+        "{log}"
+    );
     assert!(
         log.lines().count() < 30,
         "the flood made the log grow: {} lines\n{log}",
         log.lines().count()
     );
     d.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(10)).success(), "{}", d.log());
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        d.log()
+    );
 }

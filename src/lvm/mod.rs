@@ -37,7 +37,7 @@ pub enum LvmError {
     Parse { cmd: String, why: String },
     /// A size that is neither `-L` nor `-l` syntax.
     #[error(
-        "snapshot size {0:?}: expected a size like \"512M\" / \"2G\" or extents like \"20%ORIGIN\""
+        "snapshot size {0:?}: expected a positive size like \"512M\" / \"1.5G\" or extents like \"20%ORIGIN\" (1-100 % of ORIGIN, VG or FREE)"
     )]
     BadSize(String),
 }
@@ -214,32 +214,39 @@ pub enum SnapSize {
 }
 
 impl SnapSize {
+    /// The one parser of a thick snapshot's size, used by the config check and by every request:
+    /// what it accepts, lvcreate accepts. `N%ORIGIN|VG|FREE` with N in 1..=100 (`-l`), or a
+    /// positive number with at most one decimal point and an lvcreate unit letter (`-L`; no
+    /// unit means MiB). Sectors (`s`) and `%PVS` (which needs a PV list) are refused.
     pub fn parse(s: &str) -> Result<SnapSize, LvmError> {
-        let s = s.trim();
         let bad = || LvmError::BadSize(s.to_string());
-        if let Some((n, rest)) = s.split_once('%') {
-            let ok = !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-                && matches!(rest, "ORIGIN" | "FREE" | "VG");
-            return if ok {
-                Ok(SnapSize::Extents(s.to_string()))
-            } else {
-                Err(bad())
+        if let Some((n, what)) = s.split_once('%') {
+            let n: u32 = match n.bytes().all(|b| b.is_ascii_digit()) {
+                true => n.parse().map_err(|_| bad())?,
+                false => return Err(bad()),
             };
+            if !(1..=100).contains(&n) || !matches!(what, "ORIGIN" | "VG" | "FREE") {
+                return Err(bad());
+            }
+            return Ok(SnapSize::Extents(s.to_string()));
         }
-        let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-        let unit = &s[digits.len()..];
-        let ok = !digits.is_empty()
-            && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-            && matches!(
-                unit.to_ascii_lowercase().as_str(),
-                "" | "b" | "k" | "m" | "g" | "t" | "kib" | "mib" | "gib" | "tib"
-            );
-        if ok {
-            Ok(SnapSize::Bytes(s.to_string()))
-        } else {
-            Err(bad())
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let well_formed =
+            number.matches('.').count() <= 1 && !number.starts_with('.') && !number.ends_with('.');
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        if !well_formed
+            || !(value > 0.0 && value.is_finite())
+            || !matches!(
+                unit,
+                "" | "b" | "B" | "k" | "K" | "m" | "M" | "g" | "G" | "t" | "T" | "p" | "P"
+            )
+        {
+            return Err(bad());
         }
+        Ok(SnapSize::Bytes(s.to_string()))
     }
 }
 

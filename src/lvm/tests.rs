@@ -39,7 +39,29 @@ fn sizes() {
         SnapSize::parse("1.5g").unwrap(),
         SnapSize::Bytes("1.5g".into())
     );
-    for bad in ["", "%ORIGIN", "20%", "20%BOGUS", "M", "12Q", "1,2G", "-5M"] {
+    for bad in [
+        "",
+        "%ORIGIN",
+        "20%",
+        "20%BOGUS",
+        "M",
+        "12Q",
+        "1,2G",
+        "-5M",
+        "0",
+        "0M",
+        "0.0G",
+        "0%ORIGIN",
+        "101%ORIGIN",
+        "10%PVS",
+        "100s",
+        "1.2.3G",
+        ".5G",
+        "5.G",
+        " 5G",
+        "5G ",
+        "1kib",
+    ] {
         assert!(SnapSize::parse(bad).is_err(), "{bad:?}");
     }
 }

@@ -12,61 +12,128 @@ pub const PLACEHOLDERS: &[&str] = &["mountpoint", "vg", "lv", "snapshot", "reque
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
-    #[error("executor template: unknown placeholder {{{0}}}; known: {{mountpoint}} {{vg}} {{lv}} {{snapshot}} {{request_id}}")]
-    Unknown(String),
-    #[error("executor template: unclosed '{{' in {0:?}")]
+    #[error("unknown placeholder {{{name}}} in argument {arg:?}; expected one of {{mountpoint}}, {{vg}}, {{lv}}, {{snapshot}}, {{request_id}} (write {{{{ and }}}} for literal braces)")]
+    Unknown { arg: String, name: String },
+    #[error("unclosed '{{' in argument {0:?} (write {{{{ for a literal brace)")]
     Unclosed(String),
+    #[error("argument {0:?} contains a NUL byte")]
+    Nul(String),
+    #[error("the program (first element) must be an absolute path, found {0:?}")]
+    RelativeProgram(String),
     #[error("value for {{{key}}} contains a control character: {value:?}")]
     BadValue { key: String, value: String },
 }
 
-/// Replaces `{name}` in each argument with its value; `{{` and `}}` are literal braces. The
-/// number of arguments never changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Hole(&'static str),
+}
+
+/// A parsed executor argv: the one reading of `{name}`, `{{` and `}}`, used by the config check
+/// and by every run, so a template the check accepts is a template that runs. An empty template
+/// means "no executor".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    args: Vec<Vec<Piece>>,
+}
+
+impl Template {
+    pub fn parse(argv: &[String]) -> Result<Template, TemplateError> {
+        if let Some(program) = argv.first() {
+            if !program.starts_with('/') {
+                return Err(TemplateError::RelativeProgram(program.clone()));
+            }
+        }
+        let args = argv
+            .iter()
+            .map(|a| parse_arg(a))
+            .collect::<Result<_, _>>()?;
+        Ok(Template { args })
+    }
+
+    /// The argv with every placeholder replaced by its value; the number of arguments never
+    /// changes and a value is never read as a template itself.
+    pub fn fill(&self, values: &BTreeMap<&str, String>) -> Result<Vec<String>, TemplateError> {
+        for (k, v) in values {
+            if v.chars().any(char::is_control) {
+                return Err(TemplateError::BadValue {
+                    key: k.to_string(),
+                    value: v.clone(),
+                });
+            }
+        }
+        self.args
+            .iter()
+            .map(|pieces| {
+                let mut out = String::new();
+                for p in pieces {
+                    match p {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Hole(name) => out.push_str(values.get(name).ok_or_else(|| {
+                            TemplateError::Unknown {
+                                arg: String::new(),
+                                name: name.to_string(),
+                            }
+                        })?),
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+fn parse_arg(arg: &str) -> Result<Vec<Piece>, TemplateError> {
+    if arg.contains('\0') {
+        return Err(TemplateError::Nul(arg.to_string()));
+    }
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = arg;
+    while let Some(i) = rest.find(['{', '}']) {
+        text.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(r) = tail.strip_prefix("{{") {
+            text.push('{');
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix("}}") {
+            text.push('}');
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix('}') {
+            text.push('}');
+            rest = r;
+        } else {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(arg.to_string()))?;
+            let name = &tail[1..end];
+            let hole = PLACEHOLDERS.iter().find(|p| **p == name).ok_or_else(|| {
+                TemplateError::Unknown {
+                    arg: arg.to_string(),
+                    name: name.to_string(),
+                }
+            })?;
+            if !text.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(Piece::Hole(hole));
+            rest = &tail[end + 1..];
+        }
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+/// [`Template::parse`] then [`Template::fill`].
 pub fn substitute(
     template: &[String],
     values: &BTreeMap<&str, String>,
 ) -> Result<Vec<String>, TemplateError> {
-    for (k, v) in values {
-        if v.chars().any(char::is_control) {
-            return Err(TemplateError::BadValue {
-                key: k.to_string(),
-                value: v.clone(),
-            });
-        }
-    }
-    template
-        .iter()
-        .map(|arg| {
-            let mut out = String::new();
-            let mut rest = arg.as_str();
-            while let Some(i) = rest.find(['{', '}']) {
-                out.push_str(&rest[..i]);
-                let tail = &rest[i..];
-                if let Some(r) = tail.strip_prefix("{{") {
-                    out.push('{');
-                    rest = r;
-                } else if let Some(r) = tail.strip_prefix("}}") {
-                    out.push('}');
-                    rest = r;
-                } else if let Some(r) = tail.strip_prefix('}') {
-                    out.push('}');
-                    rest = r;
-                } else {
-                    let end = tail
-                        .find('}')
-                        .ok_or_else(|| TemplateError::Unclosed(arg.clone()))?;
-                    let key = &tail[1..end];
-                    let v = values
-                        .get(key)
-                        .ok_or_else(|| TemplateError::Unknown(key.to_string()))?;
-                    out.push_str(v);
-                    rest = &tail[end + 1..];
-                }
-            }
-            out.push_str(rest);
-            Ok(out)
-        })
-        .collect()
+    Template::parse(template)?.fill(values)
 }
 
 /// How the executor ended.
@@ -240,15 +307,15 @@ mod tests {
         }
         v.insert("request_id", "a\nb".into());
         assert!(matches!(
-            substitute(&t(&["x", "{request_id}"]), &v),
+            substitute(&t(&["/bin/x", "{request_id}"]), &v),
             Err(TemplateError::BadValue { .. })
         ));
         assert!(matches!(
-            substitute(&t(&["x", "{nope}"]), &vals()),
-            Err(TemplateError::Unknown(_))
+            substitute(&t(&["/bin/x", "{nope}"]), &vals()),
+            Err(TemplateError::Unknown { .. })
         ));
         assert!(matches!(
-            substitute(&t(&["x", "{vg"]), &vals()),
+            substitute(&t(&["/bin/x", "{vg"]), &vals()),
             Err(TemplateError::Unclosed(_))
         ));
     }

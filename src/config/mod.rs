@@ -277,6 +277,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// Formats a duration the way the config file writes it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -458,9 +461,6 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
-/// Placeholders the executor template may use.
-pub const EXECUTOR_PLACEHOLDERS: &[&str] = &["mountpoint", "vg", "lv", "snapshot", "request_id"];
-
 // ---------------------------------------------------------------------------------------------
 // Loading.
 
@@ -556,6 +556,16 @@ fn parse_file(path: &Path, text: &str) -> Result<ParsedFile, ConfigError> {
     })?;
     let mut spans = Vec::new();
     collect_keys(de.get_ref(), "", &mut spans);
+    // No key takes a TOML date-time. Caught here, with its position, because the merged tables
+    // are deserialized again without spans.
+    if let Some((key, at)) = first_datetime(de.get_ref(), "") {
+        return Err(ConfigError::Invalid {
+            location: loc(at),
+            key,
+            message: "found a TOML date-time; no key takes one (quote the value if it is text)"
+                .into(),
+        });
+    }
     let keys = spans
         .iter()
         .map(|(k, key_span, _)| (k.clone(), loc(key_span.start)))
@@ -615,6 +625,26 @@ fn collect_keys(table: &toml::de::DeTable<'_>, prefix: &str, out: &mut Vec<KeySp
             collect_keys(t, &path, out);
         }
     }
+}
+
+/// The dotted key and offset of the first date-time value, in tables or arrays.
+fn first_datetime(table: &toml::de::DeTable<'_>, prefix: &str) -> Option<(String, usize)> {
+    fn walk(v: &toml::Spanned<toml::de::DeValue<'_>>, key: &str) -> Option<(String, usize)> {
+        match v.get_ref() {
+            toml::de::DeValue::Datetime(_) => Some((key.to_string(), v.span().start)),
+            toml::de::DeValue::Array(items) => items.iter().find_map(|i| walk(i, key)),
+            toml::de::DeValue::Table(t) => first_datetime(t, key),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        walk(v, &key)
+    })
 }
 
 /// The most specific key whose key or value span contains `offset`.
@@ -745,6 +775,40 @@ impl Check<'_> {
             })
     }
 
+    /// A duration key: its value (or `default`) within `range`, so every later sum, product and
+    /// deadline stays far from overflow.
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<DurationStr>,
+        default: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let d = value.map_or(default, |d| d.0);
+        if !range.contains(&d) {
+            let (max, found) = (format_duration(*range.end()), format_duration(d));
+            let message = match *range.start() {
+                Duration::ZERO => format!("expected a duration up to {max}, found {found}"),
+                MS => format!("must be greater than 0s and at most {max}, found {found}"),
+                min => format!(
+                    "expected a duration from {} to {max}, found {found}",
+                    format_duration(min)
+                ),
+            };
+            return Err(self.err(key, message));
+        }
+        Ok(d)
+    }
+
+    /// The first of `keys` a file set, else the last of them (what a relation between keys
+    /// blames: the value the operator wrote, not a default they never saw).
+    fn blame<'k>(&self, keys: &[&'k str]) -> &'k str {
+        keys.iter()
+            .copied()
+            .find(|k| self.origins.get(k).is_some())
+            .unwrap_or(keys[keys.len() - 1])
+    }
+
     fn abs_path(
         &self,
         key: &str,
@@ -794,67 +858,6 @@ fn validate_hostid(s: &str) -> Result<(), String> {
             "expected a UUID like \"1b4e28ba-2fa1-11d2-883f-0016d3cca427\", found {s:?}"
         ))
     }
-}
-
-fn validate_lvm_size(s: &str) -> Result<(), String> {
-    let bad = || {
-        format!("expected an lvcreate size such as \"512M\", \"2G\" or an extent percentage such as \"10%ORIGIN\", found {s:?}")
-    };
-    if let Some((n, what)) = s.split_once('%') {
-        let n: u32 = n.parse().map_err(|_| bad())?;
-        if n == 0 || n > 100 || !matches!(what, "ORIGIN" | "VG" | "FREE" | "PVS") {
-            return Err(bad());
-        }
-        return Ok(());
-    }
-    let digits = s
-        .bytes()
-        .take_while(|b| b.is_ascii_digit() || *b == b'.')
-        .count();
-    let (n, unit) = s.split_at(digits);
-    let n: f64 = n.parse().map_err(|_| bad())?;
-    if n <= 0.0
-        || !matches!(
-            unit,
-            "k" | "K" | "m" | "M" | "g" | "G" | "t" | "T" | "s" | "S"
-        )
-    {
-        return Err(bad());
-    }
-    Ok(())
-}
-
-fn validate_executor(argv: &[String]) -> Result<(), String> {
-    let Some(program) = argv.first() else {
-        return Ok(());
-    };
-    if !Path::new(program).is_absolute() {
-        return Err(format!(
-            "the program (first element) must be an absolute path, found {program:?}"
-        ));
-    }
-    for arg in argv {
-        let mut rest = arg.as_str();
-        while let Some(open) = rest.find('{') {
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in argument {arg:?}"))?;
-            let name = &after[..close];
-            if !EXECUTOR_PLACEHOLDERS.contains(&name) {
-                return Err(format!(
-                    "unknown placeholder {{{name}}} in argument {arg:?}; expected one of {}",
-                    EXECUTOR_PLACEHOLDERS
-                        .iter()
-                        .map(|p| format!("{{{p}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            rest = &after[close + 1..];
-        }
-    }
-    Ok(())
 }
 
 fn validate_lvm_prefix(p: &str) -> Result<(), String> {
@@ -925,13 +928,13 @@ impl RawConfig {
                 daemon.runtime_dir,
                 paths::RUNTIME_DIR,
             )?,
-            shutdown_timeout: daemon
-                .shutdown_timeout
-                .map_or(Duration::from_secs(20), |d| d.0),
+            shutdown_timeout: c.duration(
+                "daemon.shutdown_timeout",
+                daemon.shutdown_timeout,
+                Duration::from_secs(20),
+                MS..=Duration::from_secs(600),
+            )?,
         };
-        if daemon.shutdown_timeout.is_zero() {
-            return Err(c.err("daemon.shutdown_timeout", "must be greater than 0s"));
-        }
 
         let f = self.fence.unwrap_or_default();
         let backend = c.one_of(
@@ -955,27 +958,32 @@ impl RawConfig {
                 }
             })
             .map_err(|m| c.err("fence.lease_namespace", m))?;
-        let d = f.lease_duration.map_or(Duration::from_secs(10), |d| d.0);
-        if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        let d = c.duration(
+            "fence.lease_duration",
+            f.lease_duration,
+            Duration::from_secs(10),
+            Duration::from_secs(1)..=HOUR,
+        )?;
+        if d.subsec_nanos() != 0 {
             return Err(c.err(
                 "fence.lease_duration",
                 format!("expected whole seconds, at least 1s (Lease.spec.leaseDurationSeconds is an integer), found {}", format_duration(d)),
             ));
         }
-        let r = f.renew_interval.map_or(d / 4, |d| d.0);
-        let m = f.safety_margin.map_or(Duration::from_secs(2), |d| d.0);
-        if r.is_zero() {
-            return Err(c.err("fence.renew_interval", "must be greater than 0s"));
-        }
-        if m.is_zero() {
-            return Err(c.err("fence.safety_margin", "must be greater than 0s"));
-        }
+        let r = c.duration("fence.renew_interval", f.renew_interval, d / 4, MS..=HOUR)?;
+        let m = c.duration(
+            "fence.safety_margin",
+            f.safety_margin,
+            Duration::from_secs(2),
+            MS..=HOUR,
+        )?;
         if 2 * r + m > d {
-            let key = if f.renew_interval.is_some() {
-                "fence.renew_interval"
-            } else {
-                "fence.safety_margin"
-            };
+            let key = c.blame(&[
+                "fence.renew_interval",
+                "fence.safety_margin",
+                "fence.lease_duration",
+                "fence.safety_margin",
+            ]);
             return Err(c.err(
                 key,
                 format!(
@@ -1012,7 +1020,12 @@ impl RawConfig {
             lease_duration: d,
             renew_interval: r,
             safety_margin: m,
-            observer_grace: f.observer_grace.map_or(Duration::ZERO, |d| d.0),
+            observer_grace: c.duration(
+                "fence.observer_grace",
+                f.observer_grace,
+                Duration::ZERO,
+                Duration::ZERO..=HOUR,
+            )?,
             on_lease_loss,
             watchdog_device,
         };
@@ -1023,11 +1036,13 @@ impl RawConfig {
                 Some(p) => Some(c.abs_path("kubernetes.kubeconfig", Some(p), "")?),
                 None => None,
             },
-            request_timeout: k.request_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            request_timeout: c.duration(
+                "kubernetes.request_timeout",
+                k.request_timeout,
+                Duration::from_secs(5),
+                MS..=Duration::from_secs(300),
+            )?,
         };
-        if kubernetes.request_timeout.is_zero() {
-            return Err(c.err("kubernetes.request_timeout", "must be greater than 0s"));
-        }
 
         let n = self.nvme.unwrap_or_default();
         if let Some(q) = &n.hostnqn {
@@ -1060,10 +1075,12 @@ impl RawConfig {
             }
             Ok(v as i32)
         };
-        let connect_timeout = n.connect_timeout.map_or(Duration::from_secs(30), |d| d.0);
-        if connect_timeout.is_zero() {
-            return Err(c.err("nvme.connect_timeout", "must be greater than 0s"));
-        }
+        let connect_timeout = c.duration(
+            "nvme.connect_timeout",
+            n.connect_timeout,
+            Duration::from_secs(30),
+            MS..=HOUR,
+        )?;
         let nvme = NvmeSettings {
             hostnqn: n.hostnqn,
             hostid: n.hostid,
@@ -1091,23 +1108,30 @@ impl RawConfig {
         }
         if nvme.ctrl_loss_tmo >= 0 && (nvme.ctrl_loss_tmo as u32) < nvme.reconnect_delay {
             return Err(c.err(
-                "nvme.ctrl_loss_tmo",
+                c.blame(&["nvme.ctrl_loss_tmo", "nvme.reconnect_delay"]),
                 format!(
-                    "must be -1 or at least reconnect_delay ({}s), found {}",
-                    nvme.reconnect_delay, nvme.ctrl_loss_tmo
+                    "ctrl_loss_tmo must be -1 (forever) or at least reconnect_delay: ctrl_loss_tmo = {} < reconnect_delay = {}",
+                    nvme.ctrl_loss_tmo, nvme.reconnect_delay
                 ),
             ));
         }
 
         let s = self.snapshots.unwrap_or_default();
         let executor = s.executor.unwrap_or_default();
-        validate_executor(&executor).map_err(|m| c.err("snapshots.executor", m))?;
+        crate::snapshot::executor::Template::parse(&executor)
+            .map_err(|e| c.err("snapshots.executor", e.to_string()))?;
         let executor_env = s.executor_env.unwrap_or_default();
-        for k in executor_env.keys() {
+        for (k, v) in &executor_env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(c.err(
                     "snapshots.executor_env",
-                    format!("invalid environment variable name {k:?}"),
+                    format!("invalid environment variable name {k:?}: expected a non-empty name without '=' or NUL"),
+                ));
+            }
+            if v.contains('\0') {
+                return Err(c.err(
+                    "snapshots.executor_env",
+                    format!("the value of {k} contains a NUL byte"),
                 ));
             }
         }
@@ -1119,15 +1143,16 @@ impl RawConfig {
             ));
         }
         let default_size = s.default_size.unwrap_or_else(|| "20%ORIGIN".into());
-        validate_lvm_size(&default_size).map_err(|m| c.err("snapshots.default_size", m))?;
+        crate::lvm::SnapSize::parse(&default_size)
+            .map_err(|e| c.err("snapshots.default_size", e.to_string()))?;
         let name_prefix = s.name_prefix.unwrap_or_else(|| "vfsnap-".into());
         validate_lvm_prefix(&name_prefix).map_err(|m| c.err("snapshots.name_prefix", m))?;
-        let executor_timeout = s
-            .executor_timeout
-            .map_or(Duration::from_secs(3600), |d| d.0);
-        if executor_timeout.is_zero() {
-            return Err(c.err("snapshots.executor_timeout", "must be greater than 0s"));
-        }
+        let executor_timeout = c.duration(
+            "snapshots.executor_timeout",
+            s.executor_timeout,
+            HOUR,
+            MS..=7 * 24 * HOUR,
+        )?;
         let snapshots = SnapshotSettings {
             mount_root: c.abs_path(
                 "snapshots.mount_root",
@@ -1176,307 +1201,4 @@ impl RawConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(text: &str) -> Result<Settings, ConfigError> {
-        let (raw, origins) = parse_str(Path::new("test.toml"), text)?;
-        raw.validate("host-a", &origins)
-    }
-
-    #[test]
-    fn empty_file_gives_documented_defaults() {
-        let s = settings("").unwrap();
-        assert_eq!(s.node.name, "host-a");
-        assert_eq!(s.fence.backend, FenceBackend::Standalone);
-        assert_eq!(s.fence.lease_duration, Duration::from_secs(10));
-        assert_eq!(s.fence.renew_interval, Duration::from_millis(2500));
-        assert_eq!(s.fence.safety_margin, Duration::from_secs(2));
-        assert_eq!(s.fence.on_lease_loss, LeaseLossAction::Disconnect);
-        assert_eq!(s.dbus, BusSpec::System);
-        assert_eq!(s.metrics.listen, Some("127.0.0.1:9477".parse().unwrap()));
-        assert_eq!(
-            s.snapshots.mount_root,
-            PathBuf::from("/run/volfence/snapshots")
-        );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "10", "s", "10 s", "1.5s", "10sec", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn typo_in_key_names_file_line_column_and_suggests() {
-        let e =
-            settings("[fence]\nbackend = \"standalone\"\nleas_duration = \"10s\"\n").unwrap_err();
-        let msg = e.to_string();
-        assert!(matches!(e, ConfigError::UnknownKey { .. }), "{msg}");
-        assert_eq!(
-            msg,
-            "test.toml:3:1: unknown key `fence.leas_duration` (did you mean `fence.lease_duration`?)"
-        );
-    }
-
-    #[test]
-    fn unknown_section_suggests() {
-        let msg = settings("[fense]\nbackend = \"standalone\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("unknown key `fense`") && msg.contains("did you mean `fence`"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn unknown_key_far_from_everything_has_no_suggestion() {
-        let msg = settings("[fence]\nzzzzzzzzzzzzzzzz = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(msg, "test.toml:2:1: unknown key `fence.zzzzzzzzzzzzzzzz`");
-    }
-
-    #[test]
-    fn wrong_type_names_key_and_expectation() {
-        let msg = settings("[fence]\nlease_duration = 10\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.starts_with("test.toml:2:18: `fence.lease_duration`:"),
-            "{msg}"
-        );
-        assert!(msg.contains("duration string"), "{msg}");
-        let msg = settings("[fence]\nlease_duration = \"10\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`fence.lease_duration`") && msg.contains("\"10s\""),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn syntax_error_has_location() {
-        let msg = settings("[fence\n").unwrap_err().to_string();
-        assert!(msg.starts_with("test.toml:1:"), "{msg}");
-        assert!(msg.contains("syntax"), "{msg}");
-    }
-
-    #[test]
-    fn validation_error_points_at_the_key() {
-        let msg = settings("[fence]\nlease_duration = \"10s\"\nrenew_interval = \"5s\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.starts_with("test.toml:3:1: `fence.renew_interval`: 2 × renew_interval"),
-            "{msg}"
-        );
-        let msg = settings("[fence]\nsafety_margin = \"0s\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("`fence.safety_margin`: must be greater than 0s"),
-            "{msg}"
-        );
-        let msg = settings("[fence]\non_lease_loss = \"reboot\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("watchdog_device"), "{msg}");
-        let msg = settings("[fence]\non_lease_loss = \"panic\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("expected one of \"refuse\", \"disconnect\", \"reboot\", found \"panic\""),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn node_name_must_be_a_kubernetes_name() {
-        for bad in ["Node_A", "-a", "a-", ""] {
-            let text = format!("[node]\nname = {bad:?}\n");
-            let msg = settings(&text).unwrap_err().to_string();
-            assert!(msg.contains("`node.name`"), "{msg}");
-        }
-        assert_eq!(
-            settings("[node]\nname = \"worker-1.rack2\"\n")
-                .unwrap()
-                .node
-                .name,
-            "worker-1.rack2"
-        );
-    }
-
-    #[test]
-    fn bus_forms() {
-        assert_eq!(
-            settings("[dbus]\nbus = \"session\"\n").unwrap().dbus,
-            BusSpec::Session
-        );
-        assert_eq!(
-            settings("[dbus]\nbus = \"unix:path=/tmp/b\"\n")
-                .unwrap()
-                .dbus,
-            BusSpec::Address("unix:path=/tmp/b".into())
-        );
-        assert!(settings("[dbus]\nbus = \"sytem\"\n")
-            .unwrap_err()
-            .to_string()
-            .contains("`dbus.bus`"));
-    }
-
-    #[test]
-    fn executor_placeholders_are_checked() {
-        let ok = settings("[snapshots]\nexecutor = [\"/usr/bin/restic\", \"backup\", \"{mountpoint}\", \"--tag={request_id}\"]\n").unwrap();
-        assert_eq!(ok.snapshots.executor.len(), 4);
-        let msg = settings("[snapshots]\nexecutor = [\"/bin/x\", \"{mnt}\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("unknown placeholder {mnt}"), "{msg}");
-        let msg = settings("[snapshots]\nexecutor = [\"restic\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("absolute path"), "{msg}");
-    }
-
-    #[test]
-    fn metrics_can_be_disabled_and_address_checked() {
-        assert_eq!(
-            settings("[metrics]\nenabled = false\n")
-                .unwrap()
-                .metrics
-                .listen,
-            None
-        );
-        let msg = settings("[metrics]\nlisten = \"localhost\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("`metrics.listen`"), "{msg}");
-    }
-
-    #[test]
-    fn dropins_merge_in_name_order_and_errors_name_the_dropin() {
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("config.toml");
-        std::fs::write(
-            &main,
-            "[fence]\nlease_duration = \"20s\"\n[node]\nname = \"a\"\n",
-        )
-        .unwrap();
-        let d = dir.path().join("config.d");
-        std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("20-late.toml"), "[node]\nname = \"c\"\n").unwrap();
-        std::fs::write(
-            d.join("10-early.toml"),
-            "[node]\nname = \"b\"\n[fence]\nsafety_margin = \"3s\"\n",
-        )
-        .unwrap();
-        std::fs::write(d.join("ignored.txt"), "garbage").unwrap();
-        let src = Source::Directory { main: main.clone() };
-        let loaded = load(&src, "x").unwrap();
-        assert_eq!(loaded.settings.node.name, "c");
-        assert_eq!(
-            loaded.settings.fence.lease_duration,
-            Duration::from_secs(20)
-        );
-        assert_eq!(loaded.settings.fence.safety_margin, Duration::from_secs(3));
-        assert_eq!(loaded.files.len(), 3);
-
-        std::fs::write(
-            d.join("30-bad.toml"),
-            "[fence]\n\nsafety_margin = \"30s\"\n",
-        )
-        .unwrap();
-        let msg = load(&src, "x").unwrap_err().to_string();
-        assert!(
-            msg.contains("30-bad.toml:3:1: `fence.safety_margin`"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn missing_main_file_in_directory_mode_uses_defaults_but_explicit_file_must_exist() {
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("config.toml");
-        let loaded = load(&Source::Directory { main: main.clone() }, "h").unwrap();
-        assert!(loaded.files.is_empty());
-        let msg = load(&Source::File(main), "h").unwrap_err().to_string();
-        assert!(
-            msg.contains("config.toml: cannot read configuration"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn shipped_example_parses_and_documents_every_key() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let loaded = load(&Source::File(path.clone()), "example-host").unwrap();
-        let defaults = settings("")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_node("example-host");
-        assert_eq!(loaded.settings, defaults);
-        // Uncommenting every documented default (keys without a default excepted) changes nothing.
-        let no_default = [
-            "name",
-            "hostnqn",
-            "hostid",
-            "watchdog_device",
-            "kubeconfig",
-            "nr_io_queues",
-            "queue_size",
-            "fast_io_fail_tmo",
-            "executor",
-            "executor_env",
-        ];
-        let uncommented: String = text
-            .lines()
-            .map(|l| match l.strip_prefix('#') {
-                Some(rest)
-                    if rest.starts_with(|c: char| c.is_ascii_lowercase())
-                        && rest.contains(" = ")
-                        && !no_default
-                            .iter()
-                            .any(|k| rest.starts_with(&format!("{k} ="))) =>
-                {
-                    rest
-                }
-                _ => l,
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let (raw, origins) = parse_str(&path, &uncommented).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(raw.validate("example-host", &origins).unwrap(), defaults);
-        // every key appears in the example, commented with its default
-        for key in KNOWN_KEYS {
-            let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
-            assert!(
-                text.contains(&format!("[{section}]")),
-                "section [{section}] not documented"
-            );
-            if !leaf.is_empty() {
-                assert!(
-                    text.lines().any(|l| l
-                        .trim_start_matches('#')
-                        .trim_start()
-                        .starts_with(&format!("{leaf} ="))),
-                    "key {key} not documented in config.toml.example"
-                );
-            }
-        }
-    }
-
-    impl Settings {
-        fn with_node(mut self, n: &str) -> Self {
-            self.node.name = n.into();
-            self
-        }
-    }
-}
+mod tests;
