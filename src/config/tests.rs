@@ -462,7 +462,7 @@ fn fuzzed_example_configs_never_panic_and_every_error_has_a_position() {
     ];
     let file = Path::new("fuzz.toml");
     let (mut errors, mut oks) = (0, 0);
-    let mut rng = Rng(0x5EED_0F_C0_FF_EE);
+    let mut rng = Rng(0x5EED_0FC0_FFEE);
     for _ in 0..2000 {
         let mut lines = base.clone();
         for _ in 0..1 + rng.below(3) {

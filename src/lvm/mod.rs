@@ -237,8 +237,9 @@ impl SnapSize {
         let well_formed =
             number.matches('.').count() <= 1 && !number.starts_with('.') && !number.ends_with('.');
         let value: f64 = number.parse().map_err(|_| bad())?;
+        let positive = value > 0.0 && value.is_finite();
         if !well_formed
-            || !(value > 0.0 && value.is_finite())
+            || !positive
             || !matches!(
                 unit,
                 "" | "b" | "B" | "k" | "K" | "m" | "M" | "g" | "G" | "t" | "T" | "p" | "P"
