@@ -746,3 +746,61 @@ fn claims_are_namespace_and_name() {
         .parse::<volfence::snapshot::Claim>()
         .is_err());
 }
+
+/// A tmpfs of `kib` KiB mounted on `dir` (the test runs as root, as the agent does), unmounted on
+/// drop. None where mounting is not allowed.
+struct SmallFs(PathBuf);
+impl SmallFs {
+    fn mount(dir: &std::path::Path, kib: u32) -> Option<SmallFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={kib}k").as_str()),
+        )
+        .ok()
+        .map(|_| SmallFs(dir.to_path_buf()))
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_cannot_be_recorded_leaves_nothing_behind() {
+    let r = rig().await;
+    let state = r.root.path().join("state");
+    let Some(_fs) = SmallFs::mount(&state, 64) else {
+        panic!("cannot mount a tmpfs (the test needs root, as the agent does)");
+    };
+    // Fill it: the next write of a job record gets ENOSPC.
+    let filler = state.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let s = r.snapshots();
+    let err = s
+        .start(&r.fence.guard().unwrap(), req("r-full", "ext"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert!(s.get("r-full").is_none(), "{:?}", s.get("r-full"));
+    assert!(s.list().is_empty(), "{:?}", s.list());
+    r.assert_clean();
+    // Space again: the same request id really starts and runs, and the origin is not Busy.
+    std::fs::remove_file(&filler).unwrap();
+    s.start(&r.fence.guard().unwrap(), req("r-full", "ext"))
+        .await
+        .unwrap();
+    running(&s, "r-full").await;
+    r.go("r-full");
+    let done = until_phase(&s, "r-full", |p, _| p.is_terminal()).await;
+    assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
+    assert_eq!(r.runs("r-full"), 1);
+    r.assert_clean();
+}

@@ -438,6 +438,10 @@ impl Snapshots {
                     }
                 )));
             }
+            // On disk first, under the lock, as every update: a job that cannot be recorded
+            // (state directory full) is not started and leaves nothing behind, so a retry
+            // with the same request id really starts it and the origin is not left Busy.
+            self.persist(&job)?;
             jobs.insert(
                 req.request_id.clone(),
                 Entry {
@@ -446,7 +450,6 @@ impl Snapshots {
                 },
             );
         }
-        self.persist(&job)?;
         let _ = self
             .inner
             .changes
