@@ -429,34 +429,13 @@ fn restart_while_running_fails_the_job_and_leaks_nothing() {
             .unwrap();
         running(&s1, "killed").await;
     });
-    // Leftovers from an older crash that no record mentions: a snapshot LV and a mount.
-    let orphan: Vec<String> = [
-        "lvcreate",
-        "-y",
-        "-s",
-        "-n",
-        "vfsnap-orphan",
-        "-L",
-        "8M",
-        "vg0/thin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Leftovers from an older crash that no record mentions: a snapshot LV and a mount, made as
+    // the agent makes them (its lvcreate, with its tag).
+    let size = volfence::lvm::SnapSize::parse("8M").unwrap();
+    let orphan = volfence::lvm::lvcreate_snapshot_argv("vg0", "thin", "vfsnap-orphan", Some(&size));
     let _ = volfence::lvm::LvmRunner::run(&*r.lvm, &orphan);
-    let orphan_thick: Vec<String> = [
-        "lvcreate",
-        "-y",
-        "-s",
-        "-n",
-        "vfsnap-orphan2",
-        "-L",
-        "8M",
-        "vg0/xfs",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let orphan_thick =
+        volfence::lvm::lvcreate_snapshot_argv("vg0", "xfs", "vfsnap-orphan2", Some(&size));
     volfence::lvm::LvmRunner::run(&*r.lvm, &orphan_thick).unwrap();
     let mp = volfence::snapshot::mount::make_mount_point(
         &r.host.path("/run/volfence/snapshots"),
@@ -803,4 +782,74 @@ async fn a_start_that_cannot_be_recorded_leaves_nothing_behind() {
     assert_eq!(done.phase(), Phase::Succeeded, "{}", done.message);
     assert_eq!(r.runs("r-full"), 1);
     r.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_sets_aside_records_the_agent_did_not_write() {
+    let r = rig().await;
+    let s = r.snapshots();
+    s.start(&r.fence.guard().unwrap(), req("r-ok", "ext"))
+        .await
+        .unwrap();
+    running(&s, "r-ok").await;
+    r.go("r-ok");
+    until_phase(&s, "r-ok", |p, _| p.is_terminal()).await;
+    let dir = r.root.path().join("state/snapshots");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("r-ok.json")).unwrap()).unwrap();
+    // A job found Running with its resources recorded is cleaned up at startup: each record
+    // below would, if trusted, remove the origin, unmount a foreign mount, write outside the
+    // state directory, or SIGKILL the agent's own process group.
+    let outside = r.host.path("/srv/data");
+    std::fs::create_dir_all(&outside).unwrap();
+    volfence::snapshot::mount::Mounter::mount_ro(
+        &*r.mounter,
+        &r.host.path("/dev/vg0/xfs"),
+        &outside,
+        Fs::Xfs,
+    )
+    .unwrap();
+    let mut bad = Vec::new();
+    for (id, f) in [
+        (
+            "h-origin",
+            (|j: &mut serde_json::Value| j["snapshot"] = "ext".into()) as fn(&mut _),
+        ),
+        ("h-mount", |j| j["mountpoint"] = "/srv/data".into()),
+        ("h-pid0", |j| j["resources"]["executor_pid"] = 0.into()),
+        ("h-dotdot", |j| j["request_id"] = "../../escape".into()),
+    ] {
+        let mut j = good.clone();
+        j["request_id"] = id.into();
+        j["snapshot"] = format!("vfsnap-{id}").into();
+        j["mountpoint"] = format!("/run/volfence/snapshots/vfsnap-{id}").into();
+        j["phase"] = "running".into();
+        j["resources"] =
+            serde_json::json!({"snapshot_lv": true, "mounted": true, "executor_pid": null});
+        f(&mut j);
+        std::fs::write(dir.join(format!("{id}.json")), j.to_string()).unwrap();
+        bad.push(id);
+    }
+    let s2 = r.snapshots();
+    s2.recover().await.unwrap();
+    assert!(
+        r.lvm.names().contains(&"vg0/ext".to_string()),
+        "{:?}",
+        r.lvm.names()
+    );
+    assert!(
+        volfence::snapshot::mount::mounts(&r.host)
+            .iter()
+            .any(|m| m.mount_point == "/srv/data"),
+        "a mount outside mount_root was touched"
+    );
+    assert!(!r.root.path().join("escape.json").exists());
+    for id in bad {
+        assert!(s2.get(id).is_none(), "{id} was loaded");
+        assert!(
+            dir.join(format!("{id}.json.unreadable")).exists(),
+            "{id} not set aside"
+        );
+    }
+    assert_eq!(s2.get("r-ok").unwrap().phase(), Phase::Succeeded);
 }

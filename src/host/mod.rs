@@ -34,6 +34,13 @@ pub enum HostError {
     },
 }
 
+/// One process's identity within a boot (see [`Host::process`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessStamp {
+    pub pgrp: u32,
+    pub start_ticks: u64,
+}
+
 /// The host as seen through a root directory (`/` in production).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -66,6 +73,21 @@ impl Host {
         std::fs::read_to_string(&path)
             .map(|s| s.trim_end_matches('\n').to_string())
             .map_err(|source| HostError::Read { path, source })
+    }
+
+    /// Who `pid` is, as `/proc/<pid>/stat` says: its process group and its start time (clock
+    /// ticks after boot). A pid alone names whoever has it now; with the start time (and the
+    /// boot id) it names one process. None if there is no such process.
+    pub fn process(&self, pid: u32) -> Option<ProcessStamp> {
+        let stat = self
+            .read_attr(Path::new(paths::PROC).join(pid.to_string()).join("stat"))
+            .ok()?;
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and ')'; fields follow the last.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(ProcessStamp {
+            pgrp: fields.get(2)?.parse().ok()?,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
     }
 
     /// This boot's id: what distinguishes an agent restart (same boot) from a reboot.

@@ -16,3 +16,4 @@ pub const NVME_FABRICS: &str = "/dev/nvme-fabrics";
 pub const NVME_MULTIPATH_PARAM: &str = "/sys/module/nvme_core/parameters/multipath";
 pub const DISK_BY_ID: &str = "/dev/disk/by-id";
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+pub const PROC: &str = "/proc";

@@ -24,6 +24,7 @@ struct Lv {
     origin: String,
     pool: String,
     data_percent: Option<f64>,
+    tags: Vec<String>,
 }
 
 pub struct FakeLvm {
@@ -113,6 +114,7 @@ impl FakeLvm {
             origin: String::new(),
             pool: if thin { "pool".into() } else { String::new() },
             data_percent: thin.then_some(10.0),
+            tags: Vec::new(),
         });
     }
 
@@ -154,10 +156,10 @@ impl FakeLvm {
             .filter(|l| vg.is_none_or(|v| v == l.vg))
             .map(|l| {
                 format!(
-                    "{{\"vg_name\":\"{}\", \"lv_name\":\"{}\", \"lv_attr\":\"{}\", \"lv_size\":\"{}\", \"origin\":\"{}\", \"pool_lv\":\"{}\", \"data_percent\":\"{}\", \"lv_path\":\"/dev/{}/{}\"}}",
+                    "{{\"vg_name\":\"{}\", \"lv_name\":\"{}\", \"lv_attr\":\"{}\", \"lv_size\":\"{}\", \"origin\":\"{}\", \"pool_lv\":\"{}\", \"data_percent\":\"{}\", \"lv_path\":\"/dev/{}/{}\", \"lv_tags\":\"{}\"}}",
                     l.vg, l.name, l.attr, l.size, l.origin, l.pool,
                     l.data_percent.map(|p| format!("{p:.2}")).unwrap_or_default(),
-                    l.vg, l.name
+                    l.vg, l.name, l.tags.join(",")
                 )
             })
             .collect();
@@ -231,6 +233,7 @@ impl LvmRunner for FakeLvm {
                     origin: lv.into(),
                     pool: if thin { "pool".into() } else { String::new() },
                     data_percent: Some(0.0),
+                    tags: arg("--addtag").into_iter().collect(),
                 });
                 drop(lvs);
                 // Point in time: the snapshot's device holds the origin's content as of now.

@@ -127,9 +127,18 @@ pub struct LvInfo {
     /// Snapshot COW use (thick) or data use (thin), in percent.
     pub data_percent: Option<f64>,
     pub path: String,
+    /// LV tags (`lv_tags`).
+    pub tags: Vec<String>,
 }
 
+/// The tag every snapshot this agent creates carries: what it removes must carry it too.
+pub const SNAPSHOT_TAG: &str = "volfence_snapshot";
+
 impl LvInfo {
+    /// A snapshot of `origin` that this agent made (its tag): the only kind it ever removes.
+    pub fn is_our_snapshot_of(&self, origin: &str) -> bool {
+        self.origin == origin && self.tags.iter().any(|t| t == SNAPSHOT_TAG)
+    }
     /// A thick (COW) snapshot.
     pub fn is_thick_snapshot(&self) -> bool {
         self.attr.starts_with('s') || self.attr.starts_with('S')
@@ -158,7 +167,8 @@ struct ReportSection {
 type BTreeRow = std::collections::BTreeMap<String, String>;
 
 /// The fields [`lvs_argv`] asks for.
-pub const LVS_FIELDS: &str = "vg_name,lv_name,lv_attr,lv_size,origin,pool_lv,data_percent,lv_path";
+pub const LVS_FIELDS: &str =
+    "vg_name,lv_name,lv_attr,lv_size,origin,pool_lv,data_percent,lv_path,lv_tags";
 
 /// Parses `lvs --reportformat json --units b --nosuffix -o LVS_FIELDS`.
 pub fn parse_lvs(json: &str) -> Result<Vec<LvInfo>, String> {
@@ -179,6 +189,11 @@ pub fn parse_lvs(json: &str) -> Result<Vec<LvInfo>, String> {
             pool: get("pool_lv"),
             data_percent: get("data_percent").trim().parse().ok(),
             path: get("lv_path"),
+            tags: get("lv_tags")
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
         });
     }
     Ok(out)
@@ -273,6 +288,8 @@ pub fn lvcreate_snapshot_argv(
         "-s".into(),
         "-n".into(),
         name.into(),
+        "--addtag".into(),
+        SNAPSHOT_TAG.into(),
     ];
     match size {
         Some(SnapSize::Bytes(s)) => v.extend(["-L".into(), s.clone()]),

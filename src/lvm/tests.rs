@@ -81,6 +81,8 @@ fn argument_vectors() {
             "-s",
             "-n",
             "vfsnap-1",
+            "--addtag",
+            "volfence_snapshot",
             "-l",
             "20%ORIGIN",
             "vg/data"
@@ -93,11 +95,33 @@ fn argument_vectors() {
             "vfsnap-1",
             Some(&SnapSize::Bytes("8M".into()))
         ),
-        ["lvcreate", "-y", "-s", "-n", "vfsnap-1", "-L", "8M", "vg/data"]
+        [
+            "lvcreate",
+            "-y",
+            "-s",
+            "-n",
+            "vfsnap-1",
+            "--addtag",
+            "volfence_snapshot",
+            "-L",
+            "8M",
+            "vg/data"
+        ]
     );
     assert_eq!(
         lvcreate_snapshot_argv("vg", "thin", "vfsnap-2", None),
-        ["lvcreate", "-y", "-s", "-n", "vfsnap-2", "-kn", "-ay", "vg/thin"]
+        [
+            "lvcreate",
+            "-y",
+            "-s",
+            "-n",
+            "vfsnap-2",
+            "--addtag",
+            "volfence_snapshot",
+            "-kn",
+            "-ay",
+            "vg/thin"
+        ]
     );
     assert_eq!(
         lvremove_argv("vg", "vfsnap-1"),

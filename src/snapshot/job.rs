@@ -52,6 +52,12 @@ pub struct Resources {
     /// Executor pid while it runs (to tell a live executor after a restart; never signalled
     /// unless it is still our child).
     pub executor_pid: Option<u32>,
+    /// Who that pid was when the agent started it, and in which boot: a restarted agent
+    /// signals the pid only if it is still that very process (pids are reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_stamp: Option<crate::host::ProcessStamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_boot: Option<String>,
 }
 
 /// One snapshot job, persisted as `<state_dir>/snapshots/<request_id>.json`.

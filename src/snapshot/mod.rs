@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 pub mod executor;
 pub mod job;
 pub mod mount;
+mod recovered;
 
 use executor::ExecOutcome;
 use job::{Job, Phase};
@@ -164,7 +165,7 @@ fn now() -> String {
 }
 
 /// Request ids name files and D-Bus objects: the volume-id rules.
-fn validate_request_id(id: &str) -> Result<(), SnapError> {
+pub(crate) fn validate_request_id(id: &str) -> Result<(), SnapError> {
     crate::nvme::options::validate_volume_id(id)
         .map_err(|e| SnapError::Invalid(e.to_string().replacen("volume_id", "request_id", 1)))
 }
@@ -600,12 +601,21 @@ impl Snapshots {
             &job.snapshot,
             stop,
             move |pid| {
-                me.update(&rid, |j| j.resources.executor_pid = Some(pid));
+                let (stamp, boot) = (me.inner.host.process(pid), me.inner.host.boot_id().ok());
+                me.update(&rid, |j| {
+                    j.resources.executor_pid = Some(pid);
+                    j.resources.executor_stamp = stamp;
+                    j.resources.executor_boot = boot;
+                });
             },
         )
         .await
         .map_err(|e| format!("cannot start the executor {}: {e}", argv[0]))?;
-        self.update(id, |j| j.resources.executor_pid = None);
+        self.update(id, |j| {
+            j.resources.executor_pid = None;
+            j.resources.executor_stamp = None;
+            j.resources.executor_boot = None;
+        });
         self.observe_step("executor", t);
         match outcome {
             ExecOutcome::Exited(0) => Ok("executor succeeded".into()),
@@ -693,15 +703,26 @@ impl Snapshots {
             self.update(id, |j| j.resources.mounted = false);
         }
         if job.resources.snapshot_lv {
-            let (vg, snap) = (job.vg.clone(), job.snapshot.clone());
+            let (vg, snap, origin) = (job.vg.clone(), job.snapshot.clone(), job.lv.clone());
             let r = self
                 .blocking(move |l| match l.get(&vg, &snap) {
-                    Ok(_) => l.remove(&vg, &snap),
-                    Err(LvmError::NoSuchLv { .. }) => Ok(()),
+                    Ok(info) if info.is_our_snapshot_of(&origin) => {
+                        l.remove(&vg, &snap).map(|_| true)
+                    }
+                    Ok(_) => Ok(false),
+                    Err(LvmError::NoSuchLv { .. }) => Ok(true),
                     Err(e) => Err(e),
                 })
                 .await;
-            r.map_err(|e| e.to_string())?;
+            if !r.map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "{}/{} is not a snapshot of {} tagged {}: not removing it",
+                    job.vg,
+                    job.snapshot,
+                    job.lv,
+                    crate::lvm::SNAPSHOT_TAG
+                ));
+            }
             self.update(id, |j| j.resources.snapshot_lv = false);
         }
         if !notes.is_empty() {
@@ -764,16 +785,27 @@ impl Snapshots {
                 if p.extension().and_then(|x| x.to_str()) != Some("json") {
                     continue;
                 }
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 match std::fs::read(&p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice::<Job>(&b).map_err(|e| e.to_string()))
-                {
+                    .map_err(|e| format!("cannot be read ({e})"))
+                    .and_then(|b| {
+                        serde_json::from_slice::<Job>(&b)
+                            .map_err(|e| format!("cannot be read ({e})"))
+                    })
+                    .and_then(|j| {
+                        recovered::check(&j, &stem, &self.inner.settings)
+                            .map_err(|e| format!("is not a record this agent wrote: {e}"))?;
+                        Ok(j)
+                    }) {
                     Ok(j) => loaded.push(j),
                     Err(e) => {
                         let aside = p.with_extension("json.unreadable");
                         let _ = std::fs::rename(&p, &aside);
                         tracing::error!(
-                            "{}: cannot be read ({e}); moved to {}",
+                            "{}: {e}; moved to {} and not acted on",
                             p.display(),
                             aside.display()
                         );
@@ -797,15 +829,28 @@ impl Snapshots {
             let id = job.request_id.clone();
             match job.phase() {
                 Phase::Running => {
-                    if let Some(pid) = job.resources.executor_pid {
-                        // Our executors die with us (own process group, killed on drop); one
-                        // that survived a SIGKILL of the agent is stopped before cleanup.
+                    // Our executors die with us (own process group, killed on drop); one that
+                    // survived a SIGKILL of the agent is stopped before cleanup, if it is
+                    // provably still that process.
+                    let boot = self.inner.host.boot_id().unwrap_or_default();
+                    if let Some(pid) =
+                        recovered::executor_still_running(&self.inner.host, &job.resources, &boot)
+                    {
                         let _ = nix::sys::signal::killpg(
                             nix::unistd::Pid::from_raw(pid as i32),
                             nix::sys::signal::Signal::SIGKILL,
                         );
+                    } else if let Some(pid) = job.resources.executor_pid {
+                        tracing::info!(
+                            REQUEST_ID = id.as_str(),
+                            "executor pid {pid} of the interrupted job is gone (or is another process now): not signalled"
+                        );
                     }
-                    self.update(&id, |j| j.resources.executor_pid = None);
+                    self.update(&id, |j| {
+                        j.resources.executor_pid = None;
+                        j.resources.executor_stamp = None;
+                        j.resources.executor_boot = None;
+                    });
                     let mut msg = "agent restarted while the job was running".to_string();
                     if let Err(e) = self.cleanup(&id).await {
                         msg = format!("{msg}; cleanup failed: {e}");
@@ -894,10 +939,11 @@ impl Snapshots {
         let lvs = self.blocking(|l| l.list(None)).await;
         match lvs {
             Ok(lvs) => {
-                for lv in lvs
-                    .into_iter()
-                    .filter(|l| l.name.starts_with(&prefix) && !l.origin.is_empty())
-                {
+                for lv in lvs.into_iter().filter(|l| {
+                    l.name.starts_with(&prefix)
+                        && !l.origin.is_empty()
+                        && l.is_our_snapshot_of(&l.origin)
+                }) {
                     if accounted(&lv.name) {
                         continue;
                     }

@@ -139,6 +139,9 @@ t_keep_release() {
     touch "$EXO/go-r-keep"
     expect_rc 0 "$VOLFENCECTL" snapshot start r-keep "$SVG" xfs --keep --wait || return 1
     grep -q " /run/volfence/snapshots/vfsnap-r-keep " /proc/self/mountinfo || fail "kept snapshot not mounted" || return 1
+    # the agent removes only LVs carrying its tag: real LVM must report it as the fake does
+    lvs --noheadings -o lv_tags "$SVG/vfsnap-r-keep" | grep -qw volfence_snapshot ||
+        fail "snapshot LV without the volfence_snapshot tag: $(lvs --noheadings -o lv_name,lv_tags "$SVG")" || return 1
     expect_rc 0 "$VOLFENCECTL" snapshot release r-keep || return 1
     no_leftovers || return 1
     expect_rc 0 "$VOLFENCECTL" snapshot list || return 1
