@@ -48,11 +48,36 @@ impl LogHandle {
     }
 }
 
-fn parse_filter(filter: &str) -> Result<EnvFilter, LogError> {
-    EnvFilter::try_new(filter).map_err(|e| LogError::BadFilter {
+/// The one parser of a log filter, for the config, `RUST_LOG` and `SetLogLevel`: a level, or
+/// comma-separated `level` / `target=level` directives (`info`, `volfence=debug,zbus=warn`).
+/// Stricter than tracing's own, which takes `""` or `"-x"` as a filter that silences the agent.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, LogError> {
+    let bad = |message: String| LogError::BadFilter {
         filter: filter.to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|v| v.eq_ignore_ascii_case(l));
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.split("::").all(|part| {
+                part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+    };
+    if filter.trim().is_empty() {
+        return Err(bad("expected a level (error, warn, info, debug, trace) or target=level directives, found nothing".into()));
+    }
+    for d in filter.split(',').map(str::trim) {
+        let ok = match d.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(d),
+        };
+        if !ok {
+            return Err(bad(format!("directive {d:?}: expected a level (off, error, warn, info, debug, trace) or target=level with a Rust module path as target")));
+        }
+    }
+    EnvFilter::try_new(filter).map_err(|e| bad(e.to_string()))
 }
 
 /// True when systemd connected our stderr to the journal (`JOURNAL_STREAM=<dev>:<ino>` matches).

@@ -551,3 +551,148 @@ fn metrics_flood_by_an_unprivileged_user_leaves_the_fence_held_and_the_log_quiet
         d.log()
     );
 }
+
+/// `busctl` against a private bus: `(exit status, stdout + stderr)`.
+fn busctl(bus: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("busctl")
+        .arg(format!("--address={bus}"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn bad_requests_are_invalid_argument_whatever_the_fence_says() {
+    let bus1 = PrivateBus::start();
+    let bus2 = PrivateBus::start();
+    let host = FakeHost::new("n1", BOOT_A, "");
+    let d1 = Daemon::start(&host, &bus1.address, &[]);
+    wait_for_state(&bus1.address, "held", &d1);
+    // The second agent on the host is in conflict: it grants no guard.
+    let d2 = Daemon::start(&host, &bus2.address, &[]);
+    wait_for_state(&bus2.address, "conflict", &d2);
+    let out = volfencectl(&bus2.address)
+        .args(["connect", "bad/id", "--nqn", "nqn.2014-08.org.example:x"])
+        .args(["--traddr", "10.0.0.5", "--nsid", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("InvalidArgument") && text(&out).contains("volume_id"),
+        "{}",
+        text(&out)
+    );
+    let out = volfencectl(&bus2.address)
+        .args(["snapshot", "start", "../escape", "vg0", "data"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("InvalidArgument") && text(&out).contains("request_id"),
+        "{}",
+        text(&out)
+    );
+    // A good request while fenced is refused for the fence, as before.
+    let out = volfencectl(&bus2.address)
+        .args(["connect", "vol-a", "--nqn", "nqn.2014-08.org.example:x"])
+        .args(["--traddr", "10.0.0.5", "--nsid", "1"])
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("NotFenced"), "{}", text(&out));
+}
+
+#[test]
+fn read_only_properties_log_levels_disconnect_options_and_bus_addresses() {
+    let bus = PrivateBus::start();
+    let host = FakeHost::new("n1", BOOT_A, "");
+    let d = Daemon::start(&host, &bus.address, &[]);
+    wait_for_state(&bus.address, "held", &d);
+    let (ok, out) = busctl(
+        &bus.address,
+        &[
+            "set-property",
+            "org.volfence.Agent1",
+            "/org/volfence/Agent1",
+            "org.volfence.Agent1",
+            "FenceState",
+            "s",
+            "held",
+        ],
+    );
+    assert!(!ok && out.contains("read-only"), "{out}");
+    let (ok, out) = busctl(
+        &bus.address,
+        &[
+            "call",
+            "org.volfence.Agent1",
+            "/org/volfence/Agent1",
+            "org.freedesktop.DBus.Properties",
+            "Set",
+            "ssv",
+            "org.volfence.Agent1",
+            "NoSuchProperty",
+            "s",
+            "x",
+        ],
+    );
+    assert!(!ok && out.contains("nknown property"), "{out}");
+    for bad in ["", "-x", "info,", "volfence=loud"] {
+        let out = volfencectl(&bus.address)
+            .args(["set-log-level", "--", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("InvalidArgument"),
+            "{bad:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(status(&bus.address).unwrap()["LogLevel"], "info");
+    let out = volfencectl(&bus.address)
+        .args(["set-log-level", "volfence=debug,zbus=warn"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Disconnect reads timeout_ms as Connect does: an integer or decimal text.
+    for (sig, value) in [("u", "5000"), ("s", "5000")] {
+        let (ok, out) = busctl(
+            &bus.address,
+            &[
+                "call",
+                "org.volfence.Agent1",
+                "/org/volfence/Agent1",
+                "org.volfence.Agent1",
+                "Disconnect",
+                "sa{sv}",
+                "vol-x",
+                "1",
+                "timeout_ms",
+                sig,
+                value,
+            ],
+        );
+        assert!(ok, "{sig}: {out}");
+    }
+    let (ok, out) = busctl(
+        &bus.address,
+        &[
+            "call",
+            "org.volfence.Agent1",
+            "/org/volfence/Agent1",
+            "org.volfence.Agent1",
+            "Disconnect",
+            "sa{sv}",
+            "vol-x",
+            "1",
+            "timeout_ms",
+            "s",
+            "soon",
+        ],
+    );
+    assert!(!ok && out.contains("timeout_ms"), "{out}");
+    for bad in [":", "unix:", "unix:path", "tcp:host=", "nonsense"] {
+        let out = volfencectl(bad).arg("status").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--bus {bad:?}: {}", text(&out));
+    }
+}

@@ -57,7 +57,7 @@ async fn serve(
     volumes: &volfence::nvme::volumes::Volumes,
 ) -> (
     zbus::Connection,
-    zbus::object_server::InterfaceRef<dbus::Agent>,
+    zbus::object_server::InterfaceRef<dbus::AgentIface>,
 ) {
     let conn = zbus::connection::Builder::address(bus.address.as_str())
         .build()

@@ -435,14 +435,38 @@ impl BusSpec {
         match s {
             "system" => Ok(BusSpec::System),
             "session" => Ok(BusSpec::Session),
-            a if a.contains(':') && !a.contains(char::is_whitespace) => {
-                Ok(BusSpec::Address(a.to_string()))
-            }
+            a if is_dbus_address(a) => Ok(BusSpec::Address(a.to_string())),
             other => Err(format!(
                 "expected \"system\", \"session\" or a D-Bus address like \"unix:path=/run/volfence/bus\", found {other:?}"
             )),
         }
     }
+}
+
+/// The D-Bus address grammar: `transport:key=value,...`, several joined by `;`. unix and tcp
+/// need their keys (`path=`, `abstract=`, `host=`...); a bare `:` or `unix:` names no bus.
+fn is_dbus_address(a: &str) -> bool {
+    !a.is_empty()
+        && a.split(';').all(|one| {
+            let Some((transport, keys)) = one.split_once(':') else {
+                return false;
+            };
+            let transport_ok = !transport.is_empty()
+                && transport
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-');
+            let keys_ok = keys.split(',').all(|kv| {
+                kv.split_once('=').is_some_and(|(k, v)| {
+                    !k.is_empty()
+                        && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        && !v.is_empty()
+                        && !v.contains(char::is_whitespace)
+                })
+            });
+            let keyless =
+                keys.is_empty() && matches!(transport, "systemd" | "autolaunch" | "launchd");
+            transport_ok && (keys_ok || keyless)
+        })
 }
 
 impl fmt::Display for BusSpec {
@@ -901,14 +925,7 @@ impl RawConfig {
 
         let log = self.log.unwrap_or_default();
         let level = log.level.unwrap_or_else(|| "info".into());
-        tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
-            c.err(
-                "log.level",
-                format!(
-                    "expected a level (error, warn, info, debug, trace) or a tracing filter: {e}"
-                ),
-            )
-        })?;
+        crate::logging::parse_filter(&level).map_err(|e| c.err("log.level", e.to_string()))?;
         let target = c.one_of(
             "log.target",
             log.target.as_deref(),

@@ -18,8 +18,13 @@ use crate::nvme::volumes::Volumes;
 use crate::snapshot::Snapshots;
 
 pub mod client;
+mod read_only;
 pub mod snapshots;
 pub mod volumes;
+
+pub use read_only::ReadOnlyProps;
+/// The agent object as served: read-only properties answer `PropertyReadOnly` to `Set`.
+pub type AgentIface = ReadOnlyProps<Agent>;
 
 /// Well-known bus name, also the interface name of the agent object.
 pub const BUS_NAME: &str = "org.volfence.Agent1";
@@ -271,6 +276,7 @@ impl Agent {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, HashMap<String, OwnedVariant>), Error> {
         require_root(conn, &header).await?;
+        // A bad request is InvalidArgument whatever the fence says: validate before the guard.
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
         let info = self.volumes.connect(&guard, req).await?;
@@ -289,20 +295,10 @@ impl Agent {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), Error> {
         require_root(conn, &header).await?;
-        let opts = volumes::to_options(options)?;
-        let mut timeout = None;
-        for (k, v) in opts {
-            match (k.as_str(), v) {
-                ("timeout_ms", crate::nvme::options::OptValue::Int(ms)) if ms > 0 => {
-                    timeout = Some(std::time::Duration::from_millis(ms as u64))
-                }
-                (k, v) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "{k}: Disconnect knows only timeout_ms (a positive integer), found {v:?}"
-                    )))
-                }
-            }
-        }
+        let timeout = crate::nvme::options::parse_disconnect(&volumes::to_options(options)?)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        crate::nvme::options::validate_volume_id(&volume_id)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.volumes.disconnect(&volume_id, timeout).await?;
         // Gone from the bus when the caller hears so, as it appeared for `Connect`.
         self.sync_volume_object(conn, &volume_id).await;
@@ -346,21 +342,17 @@ impl Agent {
                 }
             }
         }
+        let req = crate::snapshot::StartRequest {
+            request_id,
+            vg,
+            lv,
+            size,
+            keep,
+            claim,
+        };
+        req.validate()?;
         let guard = self.fence.guard()?;
-        let job = self
-            .snapshots
-            .start(
-                &guard,
-                crate::snapshot::StartRequest {
-                    request_id,
-                    vg,
-                    lv,
-                    size,
-                    keep,
-                    claim,
-                },
-            )
-            .await?;
+        let job = self.snapshots.start(&guard, req).await?;
         // The object exists before the caller gets its path.
         snapshots::ensure_published(conn, &self.snapshots, &job.request_id).await?;
         Ok(snapshots::job_path(&job.request_id))
@@ -449,7 +441,7 @@ pub async fn serve(
     log: Arc<dyn LogControl>,
     volumes: Volumes,
     snapshots: Snapshots,
-) -> Result<InterfaceRef<Agent>, ServeError> {
+) -> Result<InterfaceRef<AgentIface>, ServeError> {
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
     let agent = Agent {
@@ -461,7 +453,7 @@ pub async fn serve(
         volume_objects: Default::default(),
         snapshots,
     };
-    server.at(AGENT_PATH, agent).await?;
+    server.at(AGENT_PATH, ReadOnlyProps::new(agent)).await?;
     let reply = conn
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await;
@@ -470,12 +462,12 @@ pub async fn serve(
         Ok(_) | Err(zbus::Error::NameTaken) => return Err(ServeError::NameTaken),
         Err(e) => return Err(e.into()),
     }
-    Ok(server.interface::<_, Agent>(AGENT_PATH).await?)
+    Ok(server.interface::<_, AgentIface>(AGENT_PATH).await?)
 }
 
 /// Publishes every fence transition as PropertiesChanged + `FenceStateChanged` until `shutdown`.
 pub async fn publish_fence(
-    iface: InterfaceRef<Agent>,
+    iface: InterfaceRef<AgentIface>,
     mut rx: tokio::sync::broadcast::Receiver<FenceStatus>,
     shutdown: CancellationToken,
 ) -> zbus::Result<()> {

@@ -147,7 +147,11 @@ impl JobObject {
     ) -> zbus::Result<()>;
 }
 
-async fn emit_changes(iface: &InterfaceRef<JobObject>, old: &Job, new: &Job) -> zbus::Result<()> {
+async fn emit_changes(
+    iface: &InterfaceRef<super::ReadOnlyProps<JobObject>>,
+    old: &Job,
+    new: &Job,
+) -> zbus::Result<()> {
     let e = iface.signal_emitter();
     let o = iface.get().await;
     if old.message != new.message {
@@ -201,7 +205,7 @@ pub async fn publish_jobs(
                 }) => {
                     sync_job(server, &snapshots, &mut shown, &request_id).await?;
                     if let Ok(iface) = server
-                        .interface::<_, JobObject>(job_path(&request_id))
+                        .interface::<_, super::ReadOnlyProps<JobObject>>(job_path(&request_id))
                         .await
                     {
                         JobObject::completed(iface.signal_emitter(), success, &message).await?;
@@ -234,7 +238,10 @@ async fn sync_job(
     match shown.remove(id) {
         None => export(server, snapshots, id).await?,
         Some(old) => {
-            if let Ok(iface) = server.interface::<_, JobObject>(&path).await {
+            if let Ok(iface) = server
+                .interface::<_, super::ReadOnlyProps<JobObject>>(&path)
+                .await
+            {
                 emit_changes(&iface, &old, &now).await?;
             }
         }
@@ -258,5 +265,8 @@ async fn export(server: &zbus::ObjectServer, snapshots: &Snapshots, id: &str) ->
         snapshots: snapshots.clone(),
         id: id.to_string(),
     };
-    server.at(job_path(id), object).await.map(|_| ())
+    server
+        .at(job_path(id), super::ReadOnlyProps::new(object))
+        .await
+        .map(|_| ())
 }

@@ -193,7 +193,7 @@ impl VolumeObject {
 /// One `PropertiesChanged` with every property that differs, so a watcher sees a change (a
 /// connect ending: device, paths, state) at once and the bus carries one message, not eight.
 async fn emit_changes(
-    iface: &InterfaceRef<VolumeObject>,
+    iface: &InterfaceRef<super::ReadOnlyProps<VolumeObject>>,
     old: &VolumeInfo,
     new: &VolumeInfo,
 ) -> zbus::Result<()> {
@@ -268,15 +268,18 @@ impl VolumeObjects {
                     server
                         .at(
                             &path,
-                            VolumeObject {
+                            super::ReadOnlyProps::new(VolumeObject {
                                 volumes: volumes.clone(),
                                 id,
-                            },
+                            }),
                         )
                         .await?;
                 }
                 (Some(now), Some(old)) => {
-                    if let Ok(iface) = server.interface::<_, VolumeObject>(&path).await {
+                    if let Ok(iface) = server
+                        .interface::<_, super::ReadOnlyProps<VolumeObject>>(&path)
+                        .await
+                    {
                         emit_changes(&iface, &old, &now).await?;
                     }
                     shown.insert(id, now);
@@ -295,7 +298,7 @@ impl VolumeObjects {
 pub async fn publish_volumes(
     conn: Connection,
     volumes: Volumes,
-    agent: InterfaceRef<Agent>,
+    agent: InterfaceRef<super::AgentIface>,
     shutdown: CancellationToken,
 ) -> zbus::Result<()> {
     use tokio::sync::broadcast::error::RecvError;
@@ -335,6 +338,8 @@ pub fn connect_request(
     target: HashMap<String, OwnedVariant>,
     options: HashMap<String, OwnedVariant>,
 ) -> Result<crate::nvme::volumes::ConnectRequest, Error> {
+    crate::nvme::options::validate_volume_id(&volume_id)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let t = crate::nvme::options::parse_target(&to_options(target)?)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let o = crate::nvme::options::parse_overrides(&to_options(options)?)

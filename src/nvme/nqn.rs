@@ -14,6 +14,10 @@ pub enum NqnError {
     /// A byte that would split or end the fabrics option string.
     #[error("NQN {0:?} contains ',', '=', whitespace or a control character, which the kernel's option parser cannot take")]
     ForbiddenChar(String),
+    /// A code point that shows as nothing or reorders text: two NQNs that look alike in logs
+    /// and `kubectl` would name different subsystems.
+    #[error("NQN {nqn:?} contains the invisible or bidirectional code point U+{code:04X}")]
+    Invisible { nqn: String, code: u32 },
 }
 
 /// Checks NQN syntax: `nqn.` + `yyyy-mm` + `.` + reverse domain, then optional `:` suffix.
@@ -25,6 +29,12 @@ pub fn validate_nqn(s: &str) -> Result<(), NqnError> {
         .any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control())
     {
         return Err(NqnError::ForbiddenChar(s.to_string()));
+    }
+    if let Some(c) = s.chars().find(|c| invisible(*c)) {
+        return Err(NqnError::Invisible {
+            nqn: s.to_string(),
+            code: u32::from(c),
+        });
     }
     let syntax = || NqnError::Syntax(s.to_string());
     let rest = s.strip_prefix("nqn.").ok_or_else(syntax)?;
@@ -53,6 +63,16 @@ pub fn validate_nqn(s: &str) -> Result<(), NqnError> {
         return Err(syntax());
     }
     Ok(())
+}
+
+/// Format characters (zero-width, joiners, word joiner, BOM), bidirectional controls and
+/// noncharacters: what renders as nothing or reorders the text around it.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0xFDD0..=0xFDEF | 0xE0000..=0xE0FFF)
+        || u32::from(c) & 0xFFFE == 0xFFFE
 }
 
 #[cfg(test)]

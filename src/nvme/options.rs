@@ -428,6 +428,7 @@ pub fn parse_addr_port(key: &str, s: &str) -> Result<(IpAddr, u16), OptionsError
         }
     };
     let addr: IpAddr = a.parse().map_err(|_| invalid(key, expected, s))?;
+    check_unicast(key, addr)?;
     let port = parse_port(key, p)?;
     Ok((addr, port))
 }
@@ -440,9 +441,37 @@ fn parse_port(key: &str, p: &str) -> Result<u16, OptionsError> {
 }
 
 fn parse_ip(key: &str, s: &str) -> Result<IpAddr, OptionsError> {
-    s.parse()
-        .map_err(|_| invalid(key, "an IPv4 or IPv6 address (no host names)", s))
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| invalid(key, "an IPv4 or IPv6 address (no host names)", s))?;
+    check_unicast(key, ip)?;
+    Ok(ip)
 }
+
+/// A target or host address must name one host: not 0.0.0.0/::, the broadcast address or a
+/// multicast group (the kernel would try to reach them all the same).
+fn check_unicast(key: &str, ip: IpAddr) -> Result<(), OptionsError> {
+    let one_host = match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    };
+    if one_host {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "the unicast address of one host (not unspecified, broadcast or multicast)",
+            ip,
+        ))
+    }
+}
+
+/// Paths one volume may have. Real multipath setups have two to four; each path is a
+/// fabrics write and a controller, so a caller may not ask for thousands.
+pub const MAX_PATHS: usize = 16;
+
+/// The well-known discovery subsystem: a discovery controller has no namespaces to attach.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 
 /// Typed reads from an `a{sv}`-like map, each error naming the key.
 struct Fields<'a> {
@@ -539,6 +568,13 @@ pub fn parse_target(map: &BTreeMap<String, OptValue>) -> Result<Target, OptionsE
     f.check_known(TARGET_KEYS)?;
     let nqn = f.str("nqn")?.ok_or(OptionsError::Missing("target.nqn"))?;
     validate_nqn(nqn).map_err(|e| invalid("nqn", "a valid NQN", e.to_string()))?;
+    if nqn == DISCOVERY_NQN {
+        return Err(invalid(
+            "nqn",
+            "the NQN of an I/O subsystem (the discovery subsystem has no namespaces)",
+            nqn,
+        ));
+    }
     let host_traddr = f
         .str("host_traddr")?
         .map(|s| parse_ip("host_traddr", s))
@@ -576,6 +612,13 @@ pub fn parse_target(map: &BTreeMap<String, OptValue>) -> Result<Target, OptionsE
     }
     if addrs.is_empty() {
         return Err(OptionsError::Missing("target.traddr or target.paths"));
+    }
+    if addrs.len() > MAX_PATHS {
+        return Err(invalid(
+            "paths",
+            format!("at most {MAX_PATHS} paths"),
+            format!("{} paths", addrs.len()),
+        ));
     }
     let mut paths: Vec<PathAddr> = Vec::new();
     for (traddr, trsvcid) in addrs {
@@ -659,6 +702,19 @@ pub fn parse_overrides(map: &BTreeMap<String, OptValue>) -> Result<Overrides, Op
             .int("timeout_ms", 1, 3_600_000)?
             .map(|ms| Duration::from_millis(ms as u64)),
     })
+}
+
+/// `Disconnect`'s options: `timeout_ms`, read as `Connect` reads it (integer or decimal text).
+pub fn parse_disconnect(
+    map: &BTreeMap<String, OptValue>,
+) -> Result<Option<Duration>, OptionsError> {
+    let f = Fields {
+        section: "options",
+        map,
+    };
+    f.check_known(&["timeout_ms"])?;
+    Ok(f.int("timeout_ms", 1, 3_600_000)?
+        .map(|ms| Duration::from_millis(ms as u64)))
 }
 
 /// Volume ids name files and D-Bus objects: `[A-Za-z0-9._-]`, 1..=128, no leading dot.
@@ -968,5 +1024,58 @@ mod tests {
         );
         assert!(parse_addr_port("p", "10.0.0.5").is_err());
         assert!(parse_addr_port("p", "10.0.0.5:0").is_err());
+    }
+
+    #[test]
+    fn targets_that_name_no_single_io_subsystem_are_refused() {
+        let with = |k: &str, v: OptValue| {
+            let mut m = map(&[
+                ("nqn", s("nqn.2024-01.io.example:vol1")),
+                ("traddr", s("10.0.0.5")),
+                ("nsid", OptValue::Int(1)),
+            ]);
+            m.insert(k.to_string(), v);
+            parse_target(&m).map(|_| ()).map_err(|e| e.to_string())
+        };
+        for addr in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "::", "ff02::1"] {
+            let e = with("traddr", s(addr)).unwrap_err();
+            assert!(e.contains("traddr") && e.contains("unicast"), "{addr}: {e}");
+        }
+        let e = with("paths", OptValue::StrList(vec!["0.0.0.0:4420".into()])).unwrap_err();
+        assert!(e.contains("paths") && e.contains("unicast"), "{e}");
+        let e = with("host_traddr", s("255.255.255.255")).unwrap_err();
+        assert!(e.contains("host_traddr"), "{e}");
+        let many: Vec<String> = (1..=2000)
+            .map(|i| format!("10.1.{}.{}:4420", i / 250, i % 250 + 1))
+            .collect();
+        let e = with("paths", OptValue::StrList(many)).unwrap_err();
+        assert!(
+            e.contains("at most 16 paths") && e.contains("2001 paths"),
+            "{e}"
+        );
+        let e = with("nqn", s(DISCOVERY_NQN)).unwrap_err();
+        assert!(e.contains("discovery"), "{e}");
+        for cp in ['\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}'] {
+            let e = with("nqn", s(&format!("nqn.2024-01.io.example:vol{cp}1"))).unwrap_err();
+            assert!(e.contains(&format!("U+{:04X}", u32::from(cp))), "{e}");
+        }
+        with("nqn", s("nqn.2024-01.io.example:välj")).unwrap();
+    }
+
+    #[test]
+    fn disconnect_reads_timeout_ms_as_connect_does() {
+        assert_eq!(
+            parse_disconnect(&map(&[("timeout_ms", s("5000"))])).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_disconnect(&map(&[("timeout_ms", OptValue::Int(5000))])).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        for bad in [s("soon"), OptValue::Int(0), OptValue::Bool(true)] {
+            assert!(parse_disconnect(&map(&[("timeout_ms", bad)])).is_err());
+        }
+        let e = parse_disconnect(&map(&[("force", OptValue::Bool(true))])).unwrap_err();
+        assert!(e.to_string().contains("timeout_ms"), "{e}");
     }
 }

@@ -60,6 +60,20 @@ pub struct StartRequest {
     pub claim: Option<Claim>,
 }
 
+impl StartRequest {
+    /// What can be said about a request without the LVM or the fence: callers check it before
+    /// they take a guard, so a bad request is named as such whatever the fence state.
+    pub fn validate(&self) -> Result<(), SnapError> {
+        validate_request_id(&self.request_id)?;
+        crate::lvm::validate_name("VG name", &self.vg)?;
+        crate::lvm::validate_name("LV name", &self.lv)?;
+        if let Some(size) = &self.size {
+            SnapSize::parse(size)?;
+        }
+        Ok(())
+    }
+}
+
 /// A PersistentVolumeClaim, named as `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -370,9 +384,7 @@ impl Snapshots {
 
     /// Starts a job, or returns the existing one for the same request id.
     pub async fn start(&self, guard: &FenceGuard, req: StartRequest) -> Result<Job, SnapError> {
-        validate_request_id(&req.request_id)?;
-        crate::lvm::validate_name("VG name", &req.vg)?;
-        crate::lvm::validate_name("LV name", &req.lv)?;
+        req.validate()?;
         if let Some(j) = self.get(&req.request_id) {
             if (j.vg.as_str(), j.lv.as_str()) != (req.vg.as_str(), req.lv.as_str()) {
                 return Err(SnapError::Invalid(format!(

@@ -90,6 +90,12 @@ t_nvme_agent() {
     [ "$(json_str Device)" = "$dev" ] && [ "$(ctrls_of "$VNQN" | wc -l)" = 1 ] || fail "second connect was not idempotent" || return 1
     expect_rc 0 "$VOLFENCECTL" list || return 1
     contains "$RUN_OUT" vol-a || return 1
+    # an operator without root reads, on the system bus with the shipped policy, and may not change
+    expect_rc 0 as_nobody "$VOLFENCECTL" list || return 1
+    contains "$RUN_OUT" vol-a || return 1
+    expect_rc 0 as_nobody "$VOLFENCECTL" show vol-a || return 1
+    contains "$RUN_OUT" "$dev" || return 1
+    expect_rc 4 as_nobody "$VOLFENCECTL" disconnect vol-a || return 1
     # what `journalctl VOLUME=vol-a` shows an operator: the connect, with its structured fields
     agent_journal VOLUME=vol-a | grep -q "volume vol-a: connected $VNQN as $dev" \
         || fail "no journal entry with VOLUME=vol-a for the connect" || return 1

@@ -142,6 +142,10 @@ t_keep_release() {
     # the agent removes only LVs carrying its tag: real LVM must report it as the fake does
     lvs --noheadings -o lv_tags "$SVG/vfsnap-r-keep" | grep -qw volfence_snapshot ||
         fail "snapshot LV without the volfence_snapshot tag: $(lvs --noheadings -o lv_name,lv_tags "$SVG")" || return 1
+    expect_rc 0 as_nobody "$VOLFENCECTL" snapshot list || return 1
+    contains "$RUN_OUT" r-keep || return 1
+    expect_rc 0 as_nobody "$VOLFENCECTL" snapshot status r-keep || return 1
+    expect_rc 4 as_nobody "$VOLFENCECTL" snapshot release r-keep || return 1
     expect_rc 0 "$VOLFENCECTL" snapshot release r-keep || return 1
     no_leftovers || return 1
     expect_rc 0 "$VOLFENCECTL" snapshot list || return 1
