@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
-use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
@@ -15,6 +14,26 @@ use crate::snapshot::{FailureReport, FailureReporter};
 
 /// The API server refuses an Event note longer than this (bytes).
 const NOTE_LIMIT: usize = 1024;
+/// ... and a reportingInstance (or action, reason) longer than this (characters).
+const FIELD_LIMIT: usize = 128;
+/// Longest object name: a DNS subdomain.
+const NAME_LIMIT: usize = 253;
+
+/// `s` if it fits in `max` bytes; else a prefix of it and a hash of all of it, so two long
+/// names that share a prefix stay apart. Stable across runs and versions (FNV-1a).
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut end = max - 17;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hash:016x}", &s[..end])
+}
 
 /// What an Event says, apart from where it is recorded.
 pub struct EventSpec<'a> {
@@ -34,7 +53,11 @@ pub fn event_object(
     at: SystemTime,
 ) -> Value {
     let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let base = involved["name"].as_str().unwrap_or("volfence");
+    // The name gets a '.' and up to 16 hex digits.
+    let base = bounded(
+        involved["name"].as_str().unwrap_or("volfence"),
+        NAME_LIMIT - 17,
+    );
     let mut message = spec.message;
     if message.len() > NOTE_LIMIT {
         let mut end = NOTE_LIMIT;
@@ -52,7 +75,7 @@ pub fn event_object(
         "type": if spec.warning { "Warning" } else { "Normal" },
         "source": {"component": "volfenced", "host": node},
         "reportingComponent": "volfence.io/volfenced",
-        "reportingInstance": node,
+        "reportingInstance": bounded(node, FIELD_LIMIT),
         "action": spec.action,
         "firstTimestamp": now,
         "lastTimestamp": now,
@@ -66,7 +89,7 @@ pub async fn record(client: &Client, event: Value) -> Result<(), String> {
     let ns = event["metadata"]["namespace"].as_str().unwrap_or_default();
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let ev: Event = serde_json::from_value(event.clone()).map_err(|e| e.to_string())?;
-    api.create(&PostParams::default(), &ev)
+    api.create(&crate::fence::kube::post_params(), &ev)
         .await
         .map(|_| ())
         .map_err(|e| format!("creating event in namespace {ns}: {e}"))
@@ -172,5 +195,35 @@ mod tests {
         let typed: Event = serde_json::from_value(ev).unwrap();
         assert_eq!(typed.involved_object.name.as_deref(), Some("disk-a"));
         assert!(typed.event_time.is_some());
+    }
+
+    #[test]
+    fn long_node_and_object_names_fit_what_the_server_accepts() {
+        let spec = EventSpec {
+            reason: "LeaseConflict",
+            action: "LeaseConflict",
+            message: "m",
+            warning: true,
+        };
+        let node = format!("{}.example.com", "n".repeat(200)); // a valid 212-character node name
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let lease = "l".repeat(253);
+        let ev = event_object(
+            "kube-node-lease",
+            json!({"kind": "Lease", "name": lease, "namespace": "kube-node-lease"}),
+            &spec,
+            &node,
+            at,
+        );
+        let inst = ev["reportingInstance"].as_str().unwrap();
+        assert_eq!(inst.len(), FIELD_LIMIT);
+        assert!(inst.starts_with("nnnn"));
+        assert!(ev["metadata"]["name"].as_str().unwrap().len() <= NAME_LIMIT);
+        // The host field keeps the full name: it has no limit.
+        assert_eq!(ev["source"]["host"], node.as_str());
+        // Two nodes that share a 111-character prefix still get different instances.
+        let other = format!("{}.example.org", "n".repeat(200));
+        assert_ne!(bounded(&node, FIELD_LIMIT), bounded(&other, FIELD_LIMIT));
+        assert_eq!(bounded("node-1", FIELD_LIMIT), "node-1");
     }
 }

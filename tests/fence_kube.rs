@@ -2,12 +2,14 @@
 //! project's API server emulator (in this process, on loopback). D = 4 s, R = 1 s, M = 1 s.
 //!
 //! With `KUBECONFIG` set, the same tests run against that cluster instead (namespace
-//! `volfence-test` must exist; lease names get a per-run suffix). Tests that need the emulator's
+//! `volfence-test` must exist; every test's lease names get a suffix of their own, and a test
+//! deletes the leases it named when it ends). Tests that need the emulator's
 //! fault injection or request counters say so and skip there.
 
 mod support;
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -26,6 +28,28 @@ struct Cluster {
     real: Option<(PathBuf, kube::Client)>,
     dir: tempfile::TempDir,
     suffix: String,
+    /// Lease names this test used, deleted at the end on a real cluster.
+    named: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Tests in one process (threads) and across processes never share a lease on a real cluster.
+static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(emu) = &self.emu {
+            emu.shutdown();
+        }
+        let Some((_, client)) = &self.real else {
+            return;
+        };
+        let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), NS);
+        for name in self.named.lock().unwrap().iter() {
+            let _ = self
+                .rt
+                .block_on(api.delete(name, &kube::api::DeleteParams::default()));
+        }
+    }
 }
 
 impl Cluster {
@@ -46,13 +70,15 @@ impl Cluster {
                 let client = rt
                     .block_on(volfence::fence::kube::client(&settings))
                     .unwrap();
-                let suffix = format!("-{}", std::process::id());
+                let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let suffix = format!("-{}-{n}", std::process::id());
                 Cluster {
                     rt,
                     emu: None,
                     real: Some((path, client)),
                     dir,
                     suffix,
+                    named: Default::default(),
                 }
             }
             None => {
@@ -65,6 +91,7 @@ impl Cluster {
                     real: None,
                     dir,
                     suffix: String::new(),
+                    named: Default::default(),
                 }
             }
         }
@@ -78,9 +105,11 @@ impl Cluster {
         self.emu.as_ref()
     }
 
-    /// Node names carry a per-run suffix on a real cluster, so runs do not meet.
+    /// Node names carry a per-test suffix on a real cluster, so tests and runs do not meet.
     fn node(&self, n: &str) -> String {
-        format!("{n}{}", self.suffix)
+        let name = format!("{n}{}", self.suffix);
+        self.named.lock().unwrap().insert(name.clone());
+        name
     }
 
     /// A kubeconfig whose bearer token is `client` (its fault-injection identity).
@@ -148,14 +177,6 @@ impl Cluster {
 
     fn holder(&self, node: &str, boot: &str) -> String {
         format!("{}/{boot}", self.node(node))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(emu) = &self.emu {
-            emu.shutdown();
-        }
     }
 }
 
@@ -246,11 +267,13 @@ fn two_hosts_with_one_node_name_conflict_and_never_fight() {
         c.lease("n1").unwrap()["spec"]["holderIdentity"],
         c.holder("n1", BOOT_A)
     );
-    assert!(
-        c.event_reasons().contains(&"LeaseConflict".to_string()),
-        "{:?}",
-        c.event_reasons()
-    );
+    // Five seconds of retries in conflict are one episode: one Event, not one per retry.
+    let conflicts = c
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "LeaseConflict")
+        .count();
+    assert_eq!(conflicts, 1, "{:?}", c.event_reasons());
     assert!(
         b.log().contains("two hosts use the node name"),
         "{}",
@@ -322,4 +345,49 @@ fn steady_state_costs_one_request_per_renew_and_no_polling() {
     assert_eq!(delta("LIST"), 0, "no relists: {after:?}");
     assert_eq!(delta("WATCH"), 0, "one long-lived watch: {after:?}");
     assert_eq!(after.get("WATCH").copied(), Some(1), "{after:?}");
+}
+
+#[test]
+fn a_forbidden_agent_says_so_in_its_status_and_once_in_its_log() {
+    let c = Cluster::start();
+    let Some(emu) = c.emulator() else { return };
+    emu.faults(
+        "n1",
+        Faults {
+            error_code: Some(403),
+            ..Default::default()
+        },
+    );
+    let bus = PrivateBus::start();
+    let host = c.host("n1", BOOT_A, "n1");
+    let d = Daemon::start(&host, &bus.address, &[]);
+    let mut last = None;
+    let said = wait_until(Duration::from_secs(15), || {
+        last = status(&bus.address);
+        last.as_ref().is_some_and(|s| {
+            s["FenceMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("forbidden"))
+        })
+    });
+    assert!(said.is_ok(), "last status {last:?}; log:\n{}", d.log());
+    let s = last.unwrap();
+    assert_eq!(s["FenceState"], "acquiring", "{s}");
+    let m = s["FenceMessage"].as_str().unwrap();
+    assert!(m.contains("the agent needs get, list, watch"), "{m}");
+    // Several retries later, still one warn line for the one cause.
+    std::thread::sleep(Duration::from_secs(4));
+    let warns = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cannot acquire the lease"))
+        .count();
+    assert_eq!(warns, 1, "{}", d.log());
+    let ctl = Command::new(env!("CARGO_BIN_EXE_volfencectl"))
+        .args(["--bus", &bus.address, "status"])
+        .output()
+        .unwrap();
+    assert!(text(&ctl).contains("forbidden"), "{}", text(&ctl));
+    emu.faults("n1", Faults::default());
+    wait_for_state(&bus.address, "held", &d);
 }

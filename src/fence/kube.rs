@@ -55,7 +55,31 @@ pub async fn client(settings: &KubernetesSettings) -> Result<Client, KubeError> 
             .map_err(|e| KubeError::Infer(e.to_string()))?,
     };
     config.connect_timeout = Some(settings.request_timeout);
+    // Named in the API server's audit log and in managedFields, not as a generic kube-rs client.
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_static(USER_AGENT),
+    ));
     Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
+}
+
+/// The User-Agent of every request: `volfenced/<version>`.
+pub const USER_AGENT: &str = concat!("volfenced/", env!("CARGO_PKG_VERSION"));
+/// The field manager of every write, so `kubectl get -o yaml --show-managed-fields` names us.
+pub const FIELD_MANAGER: &str = "volfenced";
+
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
 }
 
 /// The leases of one namespace as this host sees them, plus the writes the protocol makes.
@@ -66,6 +90,8 @@ pub struct KubeLeases {
     store: Store<Lease>,
     observer: Arc<Mutex<Observer>>,
     synced: Arc<AtomicBool>,
+    /// The watch's last failure until it lists again: why the fence cannot decide.
+    watch_error: Arc<Mutex<Option<ApiError>>>,
     namespace: String,
     node: String,
 }
@@ -88,7 +114,8 @@ impl KubeLeases {
         let (store, writer) = reflector::store();
         let observer = Arc::new(Mutex::new(Observer::new(lease_duration, grace)));
         let synced = Arc::new(AtomicBool::new(false));
-        let (obs, sy) = (observer.clone(), synced.clone());
+        let watch_error = Arc::new(Mutex::new(None::<ApiError>));
+        let (obs, sy, we) = (observer.clone(), synced.clone(), watch_error.clone());
         let stream = watcher(api.clone(), watcher::Config::default())
             .default_backoff()
             .reflect(writer);
@@ -109,13 +136,22 @@ impl KubeLeases {
                         .unwrap()
                         .forget(&l.metadata.name.unwrap_or_default()),
                     Ok(watcher::Event::InitDone) => {
+                        *we.lock().unwrap() = None;
                         if !sy.swap(true, Ordering::SeqCst) {
                             tracing::info!("lease watch synced");
                         }
                     }
                     Ok(watcher::Event::Init) => {}
                     // The watcher backs off and relists by itself; the observer keeps counting.
-                    Err(e) => tracing::warn!("lease watch: {e}"),
+                    // One line per change of cause, not one per back-off step.
+                    Err(e) => {
+                        let why = watch_failure(&e);
+                        let mut last = we.lock().unwrap();
+                        if last.as_ref() != Some(&why) {
+                            tracing::warn!("lease watch: {why}");
+                            *last = Some(why);
+                        }
+                    }
                 }
             }
             "the lease watch ended".to_string()
@@ -126,6 +162,7 @@ impl KubeLeases {
             store,
             observer,
             synced,
+            watch_error,
             namespace: namespace.to_string(),
             node: node.to_string(),
         };
@@ -180,16 +217,49 @@ fn spec_json(rec: &LeaseRecord) -> serde_json::Value {
 
 fn api_error(e: kube::Error) -> ApiError {
     match e {
-        kube::Error::Api(s) if s.is_already_exists() => ApiError::AlreadyExists,
-        kube::Error::Api(s) if s.is_conflict() || s.code == 409 => ApiError::Conflict,
-        kube::Error::Api(s) if s.is_not_found() => ApiError::NotFound,
+        kube::Error::Api(s) => status_error(&s),
         other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// A Status the server answered with, as the protocol needs to tell them apart: a missing
+/// namespace is a 404 whose details name the namespace, not the object.
+fn status_error(s: &kube::core::Status) -> ApiError {
+    let details = s.details.as_ref();
+    match s.code {
+        409 if s.is_already_exists() => ApiError::AlreadyExists,
+        409 => ApiError::Conflict,
+        404 if details.is_some_and(|d| d.kind == "namespaces") => {
+            ApiError::NamespaceMissing(details.map(|d| d.name.clone()).unwrap_or_default())
+        }
+        404 => ApiError::NotFound,
+        403 => ApiError::Forbidden(s.message.clone()),
+        code => ApiError::Unavailable(format!("{code} {}: {}", s.reason, s.message)),
+    }
+}
+
+/// What a failed watch says to the operator: the server's own words when it gave a Status.
+fn watch_failure(e: &watcher::Error) -> ApiError {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
+        watcher::Error::WatchError(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    match status.map(status_error) {
+        Some(a @ (ApiError::NamespaceMissing(_) | ApiError::Forbidden(_))) => a,
+        _ => ApiError::Unavailable(e.to_string()),
     }
 }
 
 impl LeaseApi for KubeLeases {
     fn synced(&self) -> bool {
         self.synced.load(Ordering::SeqCst)
+    }
+
+    fn watch_error(&self) -> Option<ApiError> {
+        self.watch_error.lock().unwrap().clone()
     }
 
     fn cached(&self, name: &str) -> Option<LeaseRecord> {
@@ -211,7 +281,7 @@ impl LeaseApi for KubeLeases {
         }))
         .map_err(|e| ApiError::Unavailable(format!("building the Lease: {e}")))?;
         self.api
-            .create(&PostParams::default(), &lease)
+            .create(&post_params(), &lease)
             .await
             .map(|l| record(&l))
             .map_err(api_error)
@@ -222,7 +292,7 @@ impl LeaseApi for KubeLeases {
         let patch =
             json!({"metadata": {"resourceVersion": rec.resource_version}, "spec": spec_json(rec)});
         self.api
-            .patch(&rec.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(&rec.name, &patch_params(), &Patch::Merge(&patch))
             .await
             .map(|l| record(&l))
             .map_err(api_error)
@@ -290,5 +360,92 @@ mod tests {
         assert_eq!(rfc3339(t, true), "2026-11-21T22:00:00.123456Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap, false), "2000-02-29T00:00:00Z");
+    }
+
+    /// What the server sees of a write: the agent's name in User-Agent and as field manager.
+    #[tokio::test]
+    async fn writes_name_the_agent_to_the_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+                 users:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n\
+                 current-context: x\n"
+            ),
+        )
+        .unwrap();
+        let settings = KubernetesSettings {
+            kubeconfig: Some(kc),
+            request_timeout: Duration::from_secs(5),
+        };
+        let client = client(&settings).await.unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the request head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = sock
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+        let _ = api.create(&post_params(), &lease).await;
+        let head = server.await.unwrap();
+        assert!(
+            head.contains(&format!("user-agent: {}", USER_AGENT.to_lowercase())),
+            "{head}"
+        );
+        assert!(head.contains("fieldmanager=volfenced"), "{head}");
+    }
+
+    fn status(body: &str) -> kube::core::Status {
+        serde_json::from_str(body).unwrap()
+    }
+
+    /// Bodies as a kube-apiserver sends them (v1.24+): the namespace case differs from a
+    /// missing object only in `details.kind`.
+    #[test]
+    fn server_statuses_map_to_what_the_operator_must_do() {
+        let missing_ns = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"namespaces \"kube-node-lease\" not found","reason":"NotFound","details":{"name":"kube-node-lease","kind":"namespaces"},"code":404}"#,
+        );
+        assert_eq!(
+            status_error(&missing_ns),
+            ApiError::NamespaceMissing("kube-node-lease".into())
+        );
+        let missing_lease = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io \"n1\" not found","reason":"NotFound","details":{"name":"n1","group":"coordination.k8s.io","kind":"leases"},"code":404}"#,
+        );
+        assert_eq!(status_error(&missing_lease), ApiError::NotFound);
+        let forbidden = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:default:x\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\"","reason":"Forbidden","details":{"group":"coordination.k8s.io","kind":"leases"},"code":403}"#,
+        );
+        assert!(matches!(status_error(&forbidden),
+            ApiError::Forbidden(m) if m.contains("cannot list resource \"leases\"")));
+        let exists = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io \"n1\" already exists","reason":"AlreadyExists","details":{"name":"n1","group":"coordination.k8s.io","kind":"leases"},"code":409}"#,
+        );
+        assert_eq!(status_error(&exists), ApiError::AlreadyExists);
+        let conflict = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Operation cannot be fulfilled on leases.coordination.k8s.io \"n1\": the object has been modified; please apply your changes to the latest version and try again","reason":"Conflict","details":{"name":"n1","group":"coordination.k8s.io","kind":"leases"},"code":409}"#,
+        );
+        assert_eq!(status_error(&conflict), ApiError::Conflict);
+        let busy = status(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out","reason":"InternalError","code":500}"#,
+        );
+        assert!(
+            matches!(status_error(&busy), ApiError::Unavailable(m) if m.contains("500") && m.contains("timed out"))
+        );
     }
 }

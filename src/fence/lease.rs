@@ -44,6 +44,13 @@ pub enum ApiError {
     /// 404.
     #[error("404 NotFound")]
     NotFound,
+    /// 404 because the namespace itself does not exist (the server says `namespaces "X" not
+    /// found`): waiting will not fix it.
+    #[error("namespace {0} does not exist")]
+    NamespaceMissing(String),
+    /// 403: the agent's identity may not do this; the server's message names verb and resource.
+    #[error("403 Forbidden: {0}")]
+    Forbidden(String),
     /// Anything else: unreachable, 5xx, timeout, refused.
     #[error("{0}")]
     Unavailable(String),
@@ -53,6 +60,10 @@ pub enum ApiError {
 pub trait LeaseApi: Send + Sync {
     /// False until the shared watch has listed the namespace once: no decision before that.
     fn synced(&self) -> bool;
+    /// Why the watch has not listed (yet), when the server said why (403, missing namespace).
+    fn watch_error(&self) -> Option<ApiError> {
+        None
+    }
     /// The lease as the shared watch last saw it.
     fn cached(&self, name: &str) -> Option<LeaseRecord>;
     /// The observer's verdict on `name`, by this host's monotonic clock.
@@ -88,7 +99,13 @@ pub struct KubeLease<A: LeaseApi> {
     /// Our last successful write (its resourceVersion is the next write's precondition).
     current: Option<LeaseRecord>,
     namespace: String,
+    /// When this conflict episode's `LeaseConflict` Event was recorded: one per episode (and a
+    /// reminder an hour later), not one per retry.
+    conflict_reported: Option<tokio::time::Instant>,
 }
+
+/// How often a conflict that lasts is recorded again as an Event.
+pub const CONFLICT_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl<A: LeaseApi> KubeLease<A> {
     pub fn new(
@@ -104,6 +121,7 @@ impl<A: LeaseApi> KubeLease<A> {
             lease_duration_seconds,
             current: None,
             namespace: namespace.to_string(),
+            conflict_reported: None,
         }
     }
 
@@ -156,7 +174,23 @@ impl<A: LeaseApi> KubeLease<A> {
             Err(e @ (ApiError::Conflict | ApiError::AlreadyExists | ApiError::NotFound)) => Err(
                 BackendError::Unavailable(format!("lost a race for lease {}: {e}", self.name)),
             ),
-            Err(ApiError::Unavailable(e)) => Err(BackendError::Unavailable(e)),
+            Err(e) => Err(BackendError::Unavailable(self.explain(&e))),
+        }
+    }
+}
+
+impl<A: LeaseApi> KubeLease<A> {
+    /// An API failure as the operator needs to read it: what is wrong and what fixes it.
+    fn explain(&self, e: &ApiError) -> String {
+        let ns = &self.namespace;
+        match e {
+            ApiError::NamespaceMissing(missing) => format!(
+                "namespace {missing} does not exist: create it (kubectl create namespace {missing}) or set [fence] lease_namespace"
+            ),
+            ApiError::Forbidden(m) => format!(
+                "forbidden: {m} (the agent needs get, list, watch, create and patch on leases in namespace {ns})"
+            ),
+            other => other.to_string(),
         }
     }
 }
@@ -167,12 +201,40 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
     }
 
     async fn acquire(&mut self, after_loss: bool) -> Result<Acquired, BackendError> {
-        let me = self.holder.identity();
         if !self.api.synced() {
-            return Err(BackendError::Unavailable(
-                "waiting for the lease watch to list the namespace".into(),
-            ));
+            return Err(match self.api.watch_error() {
+                Some(why) => BackendError::Unavailable(format!(
+                    "the lease watch cannot list namespace {}: {}",
+                    self.namespace,
+                    self.explain(&why)
+                )),
+                None => BackendError::NotReady(format!(
+                    "waiting for the lease watch to list namespace {}",
+                    self.namespace
+                )),
+            });
         }
+        let outcome = self.decide(after_loss).await;
+        if !matches!(outcome, Err(BackendError::Conflict(_))) {
+            self.conflict_reported = None;
+        }
+        outcome
+    }
+
+    async fn renew(&mut self) -> Result<(), BackendError> {
+        self.renew_once().await
+    }
+
+    async fn release(&mut self) {
+        // Keep holderIdentity: a restart in the same boot resumes the same epoch, and observers
+        // see the lease expire after D like any other silence.
+        self.current = None;
+    }
+}
+
+impl<A: LeaseApi> KubeLease<A> {
+    async fn decide(&mut self, after_loss: bool) -> Result<Acquired, BackendError> {
+        let me = self.holder.identity();
         let Some(cur) = self.api.cached(&self.name) else {
             let blank = LeaseRecord {
                 name: self.name.clone(),
@@ -223,9 +285,15 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
                             self.namespace, self.name
                         )
                     };
-                    self.api
-                        .event(&self.name, "LeaseConflict", &msg, true)
-                        .await;
+                    let due = self
+                        .conflict_reported
+                        .is_none_or(|t| t.elapsed() >= CONFLICT_EVENT_EVERY);
+                    if due {
+                        self.api
+                            .event(&self.name, "LeaseConflict", &msg, true)
+                            .await;
+                        self.conflict_reported = Some(tokio::time::Instant::now());
+                    }
                     Err(BackendError::Conflict(msg))
                 }
                 Verdict::Live { .. } | Verdict::Unknown => Err(BackendError::HeldByOther {
@@ -235,7 +303,7 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
         }
     }
 
-    async fn renew(&mut self) -> Result<(), BackendError> {
+    async fn renew_once(&mut self) -> Result<(), BackendError> {
         let Some(cur) = self.current.clone() else {
             return Err(BackendError::Lost("no holding to renew".into()));
         };
@@ -289,14 +357,12 @@ impl<A: LeaseApi> LeaseBackend for KubeLease<A> {
                     self.name
                 )))
             }
-            Err(e) => Err(BackendError::Unavailable(e.to_string())),
+            Err(e @ ApiError::NamespaceMissing(_)) => {
+                self.current = None;
+                Err(BackendError::Lost(self.explain(&e)))
+            }
+            Err(e) => Err(BackendError::Unavailable(self.explain(&e))),
         }
-    }
-
-    async fn release(&mut self) {
-        // Keep holderIdentity: a restart in the same boot resumes the same epoch, and observers
-        // see the lease expire after D like any other silence.
-        self.current = None;
     }
 }
 
@@ -380,10 +446,57 @@ mod tests {
                 assert!(m.contains("two hosts use the node name"), "{m}");
                 assert_eq!(server.holder("n1").unwrap(), "n1/bootA");
                 assert!(server.events().iter().any(|e| e.contains("LeaseConflict")));
-                return;
+                break;
             }
         }
-        panic!("conflict never reported");
+        let conflicts = || {
+            server
+                .events()
+                .iter()
+                .filter(|e| e.contains("LeaseConflict"))
+                .count()
+        };
+        assert_eq!(conflicts(), 1, "conflict never reported");
+        // An hour of retries (one per renew interval) is one episode: no new Event ...
+        for _ in 0..1400 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            a.renew().await.unwrap();
+            assert!(matches!(
+                b.acquire(false).await,
+                Err(BackendError::Conflict(_))
+            ));
+        }
+        assert_eq!(conflicts(), 1, "{:?}", server.events());
+        // ... until the reminder an hour after the first.
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            a.renew().await.unwrap();
+            let _ = b.acquire(false).await;
+        }
+        assert_eq!(conflicts(), 2, "{:?}", server.events());
+    }
+
+    #[test]
+    fn a_missing_namespace_and_a_forbidden_verb_say_what_fixes_them() {
+        let server = SimServer::new(Duration::from_secs(10), Duration::ZERO);
+        let l = lease(&server, "n1", "boot1");
+        let m = l.explain(&ApiError::NamespaceMissing("kube-node-lease".into()));
+        assert!(
+            m.contains("namespace kube-node-lease does not exist"),
+            "{m}"
+        );
+        assert!(
+            m.contains("kubectl create namespace") && m.contains("lease_namespace"),
+            "{m}"
+        );
+        let m = l.explain(&ApiError::Forbidden(
+            r#"leases.coordination.k8s.io is forbidden: User "u" cannot list resource "leases""#
+                .into(),
+        ));
+        assert!(
+            m.contains("cannot list resource") && m.contains("get, list, watch"),
+            "{m}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -115,6 +115,9 @@ pub enum BackendError {
     /// The backend could not be reached or answered with an error; retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The backend is still starting (its watch has not listed yet): retry, nothing is wrong.
+    #[error("{0}")]
+    NotReady(String),
 }
 
 /// The outcome of a successful acquire.
@@ -472,6 +475,9 @@ impl<B: LeaseBackend> FenceLoop<B> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut after_loss = !self.resume_allowed;
         let mut last_epoch = 0;
+        // The last acquire failure logged: a failure that repeats is one warn line, not one per
+        // retry; a new cause is a new line.
+        let mut last_failure = String::new();
         loop {
             let sent = Instant::now();
             let acquired = tokio::select! {
@@ -495,6 +501,15 @@ impl<B: LeaseBackend> FenceLoop<B> {
                     } else {
                         FenceState::Acquiring
                     };
+                    let why = e.to_string();
+                    if why != last_failure {
+                        if matches!(e, BackendError::NotReady(_)) {
+                            tracing::debug!("cannot acquire the lease yet: {why}");
+                        } else {
+                            tracing::warn!(EPOCH = last_epoch, "cannot acquire the lease: {why}");
+                        }
+                        last_failure = why;
+                    }
                     self.publish(
                         state,
                         last_epoch,
@@ -517,6 +532,7 @@ impl<B: LeaseBackend> FenceLoop<B> {
                 }
             };
             last_epoch = acquired.epoch;
+            last_failure.clear();
             *self.shared.epoch_token.lock().unwrap() = CancellationToken::new();
             let mut valid_until = self.timing.valid_until(sent);
             let how = if acquired.resumed {
