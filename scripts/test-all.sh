@@ -39,9 +39,12 @@ CONTENT=$(dpkg-deb -c "$DEB") || fail "dpkg-deb -c"
 echo "$CONTENT"
 lintian --fail-on error "$DEB" | tee "$LOG/lintian.log" || fail "lintian (errors in $DEB)"
 for f in ./usr/bin/volfenced ./usr/bin/volfencectl ./usr/lib/systemd/system/volfenced.service \
-         ./usr/share/dbus-1/system.d/org.volfence.Agent1.conf ./etc/volfence/config.toml; do
+         ./usr/share/dbus-1/system.d/org.volfence.Agent1.conf ./etc/volfence/config.toml \
+         ./usr/share/man/man8/volfenced.8.gz ./usr/share/man/man8/volfencectl.8.gz \
+         ./usr/share/man/man5/volfence.toml.5.gz; do
     grep -q " $f\$" <<< "$CONTENT" || fail "package content: $f missing"
 done
+! grep -E 'manual-page|manpage' "$LOG/lintian.log" || fail "lintian: man page warnings"
 dpkg-deb -I "$DEB" conffiles | grep -qx /etc/volfence/config.toml || fail "package: config.toml is not a conffile"
 echo "package OK: $DEB ($(du -h "$DEB" | cut -f1)); lintian: $(grep -c '^E:' "$LOG/lintian.log") errors, $(grep -c '^W:' "$LOG/lintian.log") warnings"
 

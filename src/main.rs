@@ -5,30 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use volfence::cli::volfenced::Args;
 use volfence::config::{self, BusSpec, Source};
 use volfence::host::Host;
 use volfence::{daemon, logging};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "volfenced",
-    version,
-    about = "volfence host agent: NVMe/TCP volume fencing and online LVM snapshots"
-)]
-struct Args {
-    /// Read only this file (default: /etc/volfence/config.toml plus /etc/volfence/config.d/*.toml)
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Validate the configuration, print the result and exit (0 valid, 1 invalid)
-    #[arg(long)]
-    check_config: bool,
-    /// Override [dbus] bus: system, session or a D-Bus address
-    #[arg(long, value_name = "BUS")]
-    bus: Option<String>,
-    /// Root directory of the host (for tests against a fake host tree)
-    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
-    host_root: PathBuf,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
