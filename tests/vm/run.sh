@@ -36,7 +36,7 @@
 #   KERNEL_PKG              kernel package (default: what linux-image-amd64 depends on now)
 #   VMTEST_WORK             kernel + disk image cache (default tests/vm/work, gitignored)
 #   VMTEST_OUT              logs (default tests/vm/out, gitignored): console.log, guest-detail.log ...
-#   VM_TIMEOUT (900)        seconds for the whole VM run (boot + checks)
+#   VM_TIMEOUT (1500)       seconds for the whole VM run (boot + checks; ~850 s under TCG on CI)
 #   VM_CPUS (2) VM_MEM (1G) guest size
 #   STEP_TIMEOUT (150)      per-check watchdog in the guest, seconds
 #   VMTEST_ACCEL=kvm        try KVM instead of TCG (does not work on PVM/Firecracker hosts)
@@ -47,7 +47,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 WORK=${VMTEST_WORK:-$HERE/work}
 OUT=${VMTEST_OUT:-$HERE/out}
-VM_TIMEOUT=${VM_TIMEOUT:-900}
+VM_TIMEOUT=${VM_TIMEOUT:-1500}
 VM_CPUS=${VM_CPUS:-2}
 VM_MEM=${VM_MEM:-1G}
 VOLFENCED=${VOLFENCED:-$REPO/target/release/volfenced}
