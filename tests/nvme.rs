@@ -384,7 +384,12 @@ async fn a_controller_replaced_while_the_agent_was_down_is_not_adopted() {
     let second = env.volumes();
     second.recover().await.unwrap();
     let v = second.get("vol-w").expect("still recorded");
-    assert_eq!((v.state, v.paths.len()), (VolumeState::Dead, 0), "{v:?}");
+    assert_eq!(
+        (v.state, v.paths.len(), v.paths[0].state.as_str()),
+        (VolumeState::Dead, 1, "gone"),
+        "{v:?}"
+    );
+    assert_eq!(v.paths[0].controller, "", "{v:?}");
     assert!(
         second
             .foreign_controllers()
@@ -483,7 +488,18 @@ async fn dead_target_is_reported_and_nothing_hangs() {
     lose_port(&env, nqn, 4460, &mut changes, "vol-dead").await;
     let i = v.get("vol-dead").unwrap();
     assert_eq!(i.state, VolumeState::Dead);
+    assert_eq!(i.paths.len(), 1, "{i:?}");
     assert!(i.paths.iter().all(|p| p.state == "gone"), "{i:?}");
+    // A Connect while the target is still away fails, and the volume still lists the path it
+    // had, as gone.
+    assert!(v.connect(&guard, dead_req()).await.is_err());
+    let i = v.get("vol-dead").unwrap();
+    assert_eq!(
+        (i.state, i.paths.len(), i.paths[0].state.as_str()),
+        (VolumeState::Dead, 1, "gone"),
+        "{i:?}"
+    );
+    assert!(i.paths[0].address.ends_with(":4460"), "{i:?}");
     // The target is back: the same Connect again drops the gone controller from the record and
     // makes a new one, rather than answering with the dead one.
     env.set_port(nqn, 4460, true);
@@ -1034,4 +1050,340 @@ async fn dhchap_authenticates_and_refusals_leave_nothing() {
     }
     v.disconnect("vol-a", None).await.unwrap();
     assert!(env.controllers_of(nqn).is_empty());
+}
+
+fn cntlid(env: &Env, name: &str) -> String {
+    env.host
+        .read_attr(format!("/sys/class/nvme/{name}/cntlid"))
+        .unwrap()
+}
+
+/// A controller that reconnects comes back in the same sysfs directory, but a Linux target hands
+/// the new association the lowest free cntlid, which another controller may have freed: it is
+/// still the volume's controller, live, and its Disconnect deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_reconnects_with_another_cntlid_is_still_the_volumes() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:cntlid";
+    env.add_target(nqn, &[4457, 4458], &[1], 16 * MIB);
+    let v = env.volumes();
+    // Another host (or tool) on the second port takes the lowest cntlid first.
+    let foreign = env.foreign_connect(nqn, 4458);
+    let info = v
+        .connect(
+            &env.guard(),
+            req(
+                "vol-c",
+                target(nqn, &[4457], nsid(1)),
+                &[
+                    ("ctrl_loss_tmo", OptValue::Int(30)),
+                    ("reconnect_delay", OptValue::Int(1)),
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    let mine = info.paths[0].controller.clone();
+    let before = cntlid(&env, &mine);
+    env.delete_controller(&foreign);
+    env.set_port(nqn, 4457, false);
+    let state = |v: &Volumes| {
+        v.refresh();
+        v.get("vol-c").map(|i| i.state)
+    };
+    until("reconnecting", 20, || {
+        state(&v) == Some(VolumeState::Reconnecting)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.set_port(nqn, 4457, true);
+    until("live again", 30, || state(&v) == Some(VolumeState::Live)).await;
+    if env.fake().is_some() {
+        assert_ne!(cntlid(&env, &mine), before, "the fake models a new cntlid");
+    }
+    let now = v.get("vol-c").unwrap();
+    assert_eq!(
+        (now.device.as_str(), now.paths[0].controller.as_str()),
+        (info.device.as_str(), mine.as_str()),
+        "{now:?}"
+    );
+    io_roundtrip(&env, &now.device, 0, b"after-a-reconnect");
+    assert!(!v.foreign_controllers().iter().any(|c| c.name == mine));
+    v.disconnect("vol-c", None).await.unwrap();
+    assert!(
+        env.controllers_of(nqn).is_empty(),
+        "{:?}",
+        env.controllers_of(nqn)
+    );
+}
+
+fn rounds() -> usize {
+    if nvme_env::real() {
+        4
+    } else {
+        25
+    }
+}
+
+/// Two volumes share one controller (two namespaces of one subsystem); both are disconnected at
+/// once. Each must not count the other, itself mid-disconnect, as the controller's last user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_disconnects_of_volumes_sharing_a_controller_delete_it() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:twodisc";
+    env.add_target(nqn, &[4443], &[1, 2], 16 * MIB);
+    let v = env.volumes();
+    for round in 0..rounds() {
+        for (id, n) in [("vol-d1", 1), ("vol-d2", 2)] {
+            v.connect(&env.guard(), req(id, target(nqn, &[4443], nsid(n)), &[]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(env.controllers_of(nqn).len(), 1);
+        let (a, b) = (v.clone(), v.clone());
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { a.disconnect("vol-d1", None).await }),
+            tokio::spawn(async move { b.disconnect("vol-d2", None).await }),
+        );
+        ra.unwrap().unwrap();
+        rb.unwrap().unwrap();
+        assert!(
+            env.controllers_of(nqn).is_empty(),
+            "round {round}: {:?} left",
+            env.controllers_of(nqn)
+        );
+        assert!(v.list().is_empty());
+    }
+}
+
+/// A Connect that reuses another volume's controller, while that volume is disconnected: either
+/// the Disconnect sees the new user and lets the controller be, or it deletes it first and the
+/// Connect makes its own. Never a Connect answered live on a controller deleted under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_sharing_a_controller_survives_the_other_volumes_disconnect() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:sharedisc";
+    env.add_target(nqn, &[4444], &[1, 2], 16 * MIB);
+    let v = env.volumes();
+    for round in 0..rounds() {
+        v.connect(
+            &env.guard(),
+            req("vol-e2", target(nqn, &[4444], nsid(2)), &[]),
+        )
+        .await
+        .unwrap();
+        let (a, b, guard) = (v.clone(), v.clone(), env.guard());
+        let (rc, rd) = tokio::join!(
+            tokio::spawn(async move {
+                a.connect(&guard, req("vol-e1", target(nqn, &[4444], nsid(1)), &[]))
+                    .await
+            }),
+            tokio::spawn(async move { b.disconnect("vol-e2", None).await }),
+        );
+        rc.unwrap().unwrap();
+        rd.unwrap().unwrap();
+        v.refresh();
+        let now = v.get("vol-e1").unwrap();
+        assert_eq!(now.state, VolumeState::Live, "round {round}: {now:?}");
+        assert_eq!(
+            env.controllers_of(nqn),
+            vec![(now.paths[0].controller.clone(), "live".to_string())],
+            "round {round}"
+        );
+        io_roundtrip(&env, &now.device, 0, b"shared-then-alone");
+        v.disconnect("vol-e1", None).await.unwrap();
+        assert!(env.controllers_of(nqn).is_empty(), "round {round}");
+    }
+}
+
+/// xorshift64*: a fixed seed gives the same storm every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// The storm's volumes: namespaces of one subsystem, so all share its one controller.
+const VOLS: [u32; 6] = [1, 2, 3, 4, 5, 6];
+
+/// Several clients connect and disconnect six volumes of one subsystem (one shared controller)
+/// at random, at once. Afterwards, and at every pause, the controllers in sysfs are exactly those
+/// the agent's volumes own; no volume is live without a controller or dead with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_connects_and_disconnects_leaks_no_controller() {
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:storm";
+    env.add_target(nqn, &[4445], &VOLS, 8 * MIB);
+    let v = env.volumes();
+    // Operations that did something (busy refusals come on top).
+    let (budget, clients) = if nvme_env::real() {
+        (100, 3)
+    } else {
+        (1000, 4)
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (v, done, guard) = (v.clone(), done.clone(), env.guard());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
+            let mut counts = [0usize; 3];
+            while done.load(std::sync::atomic::Ordering::SeqCst) < budget {
+                let n = i64::from(VOLS[(rng.next() % VOLS.len() as u64) as usize]);
+                let id = format!("vol-s{n}");
+                let r = if rng.next() % 2 == 0 {
+                    v.connect(&guard, req(&id, target(nqn, &[4445], nsid(n)), &[]))
+                        .await
+                        .map(|i| assert_eq!(i.state, VolumeState::Live, "{i:?}"))
+                } else {
+                    v.disconnect(&id, None).await
+                };
+                match r {
+                    Ok(()) => {
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        counts[0] += 1
+                    }
+                    // The same volume's other operation running: refused at once, by design.
+                    Err(NvmeError::Busy(m))
+                        if m.contains("another connect or disconnect of it") =>
+                    {
+                        counts[1] += 1
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
+                counts[2] += 1;
+            }
+            counts
+        }));
+    }
+    let mut total = [0usize; 3];
+    for t in tasks {
+        let c = t.await.unwrap();
+        for i in 0..3 {
+            total[i] += c[i];
+        }
+    }
+    eprintln!(
+        "storm: {} operations, {} done, {} refused as busy",
+        total[2], total[0], total[1]
+    );
+    assert!(total[0] >= budget, "{total:?}");
+    v.refresh();
+    let kernel: std::collections::BTreeSet<String> = env
+        .controllers_of(nqn)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let owned: std::collections::BTreeSet<String> = v
+        .list()
+        .iter()
+        .flat_map(|i| i.paths.iter().map(|p| p.controller.clone()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(kernel, owned, "sysfs vs the agent: {:?}", v.list());
+    for i in v.list() {
+        let has = i.paths.iter().any(|p| !p.controller.is_empty());
+        match i.state {
+            VolumeState::Live => assert!(has && !i.device.is_empty(), "{i:?}"),
+            VolumeState::Dead => assert!(!has, "{i:?}"),
+            other => panic!("{} left {other:?}", i.volume_id),
+        }
+        assert_eq!(
+            i.state,
+            VolumeState::Live,
+            "nothing took the target away: {i:?}"
+        );
+    }
+    for n in VOLS {
+        v.disconnect(&format!("vol-s{n}"), None).await.unwrap();
+    }
+    assert!(
+        env.controllers_of(nqn).is_empty(),
+        "{:?}",
+        env.controllers_of(nqn)
+    );
+}
+
+/// The log lines a test reads: a subscriber for this thread only (the test runs on one).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    fn count(&self, what: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(what)).count()
+    }
+}
+
+/// What the journal says of a volume's health: reconnecting, live again, every path gone, and
+/// a Connect that revives it with a new controller says "connected" like the first one did.
+#[tokio::test(flavor = "current_thread")]
+async fn health_changes_and_a_revival_are_logged() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let _sub = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let env = Env::new().await;
+    let nqn = "nqn.2024-01.io.volfence.test:logged";
+    env.add_target(nqn, &[4446], &[1], 16 * MIB);
+    let v = env.volumes();
+    let r = || {
+        req(
+            "vol-l",
+            target(nqn, &[4446], nsid(1)),
+            &[
+                ("ctrl_loss_tmo", OptValue::Int(3)),
+                ("reconnect_delay", OptValue::Int(1)),
+            ],
+        )
+    };
+    let guard = env.guard();
+    v.connect(&guard, r()).await.unwrap();
+    let state = |v: &Volumes| {
+        v.refresh();
+        v.get("vol-l").map(|i| i.state)
+    };
+    until("connected line", 5, || {
+        log.count("volume vol-l: connected") == 1
+    })
+    .await;
+    env.set_port(nqn, 4446, false);
+    until("reconnecting", 20, || {
+        state(&v) == Some(VolumeState::Reconnecting)
+    })
+    .await;
+    assert_eq!(log.count("volume vol-l: reconnecting"), 1, "{}", log.text());
+    env.set_port(nqn, 4446, true);
+    until("live again", 20, || state(&v) == Some(VolumeState::Live)).await;
+    assert_eq!(log.count("volume vol-l: live again"), 1, "{}", log.text());
+    env.set_port(nqn, 4446, false);
+    until("dead", 30, || state(&v) == Some(VolumeState::Dead)).await;
+    assert_eq!(log.count("every path"), 1, "{}", log.text());
+    env.set_port(nqn, 4446, true);
+    let back = v.connect(&guard, r()).await.unwrap();
+    assert_eq!(back.state, VolumeState::Live);
+    until("a second connected line", 5, || {
+        log.count("volume vol-l: connected") == 2
+    })
+    .await;
+    v.disconnect("vol-l", None).await.unwrap();
 }

@@ -261,16 +261,31 @@ impl FakeKernel {
             for t in st.targets.iter_mut().filter(|t| t.nqn == nqn) {
                 t.ports.insert(port, up);
             }
-            for (i, c) in st.ctrls.iter_mut() {
-                if c.nqn == nqn && (c.traddr, c.trsvcid) == port {
-                    c.generation += 1;
-                    affected.push((*i, c.generation, c.ctrl_loss_tmo));
+            let ids: Vec<u32> = st
+                .ctrls
+                .iter()
+                .filter(|(_, c)| c.nqn == nqn && (c.traddr, c.trsvcid) == port)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in ids {
+                // A reconnect is a new association: the target tore the old one down with the
+                // port and hands out the lowest free cntlid, which another host's (or tool's)
+                // controller may have freed meanwhile.
+                let cntlid = (1..)
+                    .find(|n| !st.ctrls.iter().any(|(j, c)| *j != i && c.cntlid == *n))
+                    .expect("a free cntlid");
+                let c = st.ctrls.get_mut(&i).expect("listed above");
+                c.generation += 1;
+                if up {
+                    c.cntlid = cntlid;
                 }
+                affected.push((i, c.generation, c.ctrl_loss_tmo, c.cntlid));
             }
         }
         let host = &self.inner.host;
-        for (i, gen, tmo) in affected {
+        for (i, gen, tmo, cntlid) in affected {
             let dir = host.path(CLASS_NVME).join(format!("nvme{i}"));
+            w(&dir.join("cntlid"), cntlid.to_string());
             w(&dir.join("state"), if up { "live" } else { "connecting" });
             self.emit(Uevent {
                 action: "change".into(),

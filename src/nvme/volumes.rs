@@ -224,6 +224,9 @@ struct Inner {
     /// rewritten and fsynced.
     on_disk: Mutex<HashMap<String, Record>>,
     volume_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One per connection (subsystem, path, host NQN). Every decision about that connection's
+    /// controller — make it, share it, let go of it, delete it — is taken under it, so a connect
+    /// and a disconnect of two volumes that share a controller agree on who still uses it.
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     topology: Mutex<TopoCache>,
     changes: broadcast::Sender<VolumeEvent>,
@@ -273,15 +276,25 @@ fn matches_key(c: &Controller, key: &ControllerKey) -> bool {
         && c.hostnqn.as_deref().is_none_or(|h| h == key.hostnqn)
 }
 
-/// Is `c` still the controller recorded as `o` (names are reused by the kernel, cntlids by
-/// the target)?
+/// Is `c` still the controller recorded as `o`? By what the kernel keeps for a controller's
+/// life: its name (reused only after it is gone) with its sysfs inode (never reused while the
+/// directory exists), subsystem and path. Not by cntlid: the target assigns one per association,
+/// so a controller that reconnects may come back with another (the lowest free one).
 fn is_same(c: &Controller, o: &OwnedCtrl, nqn: &str) -> bool {
     c.name == o.name
         && c.ino == o.ino
         && c.subsysnqn == nqn
-        && c.cntlid.is_none_or(|id| id == o.cntlid)
         && c.address.traddr.parse().ok() == Some(o.path.traddr)
         && c.address.trsvcid.parse().ok() == Some(o.path.trsvcid)
+}
+
+/// The connection a recorded controller implements, as the per-connection lock knows it.
+fn owned_key(r: &Record, o: &OwnedCtrl) -> String {
+    key_string(&ControllerKey {
+        nqn: r.target.nqn.clone(),
+        path: o.path.clone(),
+        hostnqn: r.hostnqn.clone(),
+    })
 }
 
 fn select<'a>(topo: &'a Topology, target: &Target, ctrls: &[String]) -> Option<&'a Namespace> {
@@ -576,9 +589,37 @@ impl Volumes {
             Some((_, old)) if *old != info => vec![VolumeEvent::Changed(id.clone())],
             _ => vec![],
         };
-        let was_dead = prev
-            .map(|(_, i)| i.state == VolumeState::Dead)
-            .unwrap_or(false);
+        let before = prev.map(|(_, i)| i.state);
+        let was_dead = before == Some(VolumeState::Dead);
+        let paths_text = || {
+            info.paths
+                .iter()
+                .map(|p| format!("{} {}", p.address, p.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (before, info.state) {
+            (Some(b), now) if b == now => {}
+            (Some(VolumeState::Live | VolumeState::Degraded), VolumeState::Reconnecting) => {
+                tracing::warn!(
+                    VOLUME = id.as_str(),
+                    "volume {id}: reconnecting: no path is live, I/O waits for the kernel to reconnect ({})",
+                    paths_text()
+                )
+            }
+            (Some(VolumeState::Live | VolumeState::Reconnecting), VolumeState::Degraded) => {
+                tracing::warn!(
+                    VOLUME = id.as_str(),
+                    "volume {id}: degraded: {}",
+                    paths_text()
+                )
+            }
+            // (From dead only a connect revives it, and that logs its own line.)
+            (Some(VolumeState::Degraded | VolumeState::Reconnecting), VolumeState::Live) => {
+                tracing::info!(VOLUME = id.as_str(), "volume {id}: live again")
+            }
+            _ => {}
+        }
         if info.state == VolumeState::Dead && !was_dead {
             tracing::error!(
                 VOLUME = id.as_str(),
@@ -658,18 +699,20 @@ impl Volumes {
             stable_path: stable,
             size_bytes: ns.map(Namespace::size_bytes).unwrap_or(0),
             state,
+            // Every path the volume was asked for, with or without a controller: a path whose
+            // controller the kernel gave up stays listed, as gone.
             paths: r
-                .controllers
+                .target
+                .paths
                 .iter()
-                .map(|o| PathInfo {
-                    controller: o.name.clone(),
-                    address: o.path.to_string(),
-                    state: live
-                        .iter()
-                        .find(|c| c.name == o.name)
-                        .map(|c| c.state.as_str())
-                        .unwrap_or("gone")
-                        .to_string(),
+                .map(|p| {
+                    let owned = r.controllers.iter().find(|o| &o.path == p);
+                    let present = owned.and_then(|o| live.iter().find(|c| c.name == o.name));
+                    PathInfo {
+                        controller: present.map(|c| c.name.clone()).unwrap_or_default(),
+                        address: p.to_string(),
+                        state: present.map_or("gone", |c| c.state.as_str()).to_string(),
+                    }
                 })
                 .collect(),
             epoch: r.epoch,
@@ -1010,8 +1053,10 @@ impl Volumes {
             Ok(topo) => {
                 record.phase = Phase::Connected;
                 record.epoch = guard.epoch();
-                // A repeated Connect logs nothing and usually announces nothing.
-                let through = (!was_connected).then(|| record.controllers_text());
+                // A repeated Connect logs nothing and usually announces nothing; one that made a
+                // controller (a dead volume revived) says so.
+                let through = (!was_connected || !progress.created.is_empty())
+                    .then(|| record.controllers_text());
                 let (info, events) = self.store_unannounced(record, &topo)?;
                 laps.lap("store");
                 let line = through.map(|through| {
@@ -1047,9 +1092,15 @@ impl Volumes {
     }
 
     async fn rollback(&self, record: &mut Record, created: &[String], was_connected: bool) {
-        let others = self.owned_names(Some(&record.volume_id));
         for name in created {
-            if others.contains(name) {
+            let Some(o) = record.controllers.iter().find(|o| &o.name == name) else {
+                continue;
+            };
+            let klock = Self::lock_for(&self.inner.key_locks, &owned_key(record, o));
+            let _k = klock.lock().await;
+            // Under the connection's lock: another volume's connect that shared the controller
+            // meanwhile keeps it.
+            if self.owned_names(Some(&record.volume_id)).contains(name) {
                 continue;
             }
             if let Err(e) = self.delete_blocking(name).await {
@@ -1141,17 +1192,26 @@ impl Volumes {
                         c.name, a.nqn, a.path
                     )));
                 }
-                // Another volume's controller to the same subsystem and path: share it.
-                let o = self
+                // Another volume's controller to the same subsystem and path: share it, unless
+                // that volume's disconnect kept it to delete (it failed midway: its record still
+                // names it and no lock is held; the next Disconnect of it finishes the job).
+                let owner = self
                     .inner
                     .volumes
                     .lock()
                     .unwrap()
                     .values()
-                    .flat_map(|(r, _)| r.controllers.iter())
-                    .find(|o| o.name == c.name)
-                    .cloned();
-                if let Some(o) = o {
+                    .find_map(|(r, _)| {
+                        let o = r.controllers.iter().find(|o| o.name == c.name)?;
+                        Some((r.volume_id.clone(), r.phase, o.clone()))
+                    });
+                if let Some((other, Phase::Disconnecting, _)) = &owner {
+                    return Err(NvmeError::Busy(format!(
+                        "controller {} to {} at {} belongs to volume {other}, whose disconnect has not finished: disconnect {other} again first",
+                        c.name, a.nqn, a.path
+                    )));
+                }
+                if let Some((_, _, o)) = owner {
                     record.controllers.push(o);
                     progress.pending.settle().await?;
                     self.put_record(record)?;
@@ -1213,13 +1273,14 @@ impl Volumes {
             })?;
             let name = format!("nvme{}", parsed.instance);
             progress.created.push(name.clone());
-            guard.refresh()?;
+            // Recorded before the fence is looked at: the rollback finds its connection by it.
             record.controllers.push(OwnedCtrl {
                 ino: sysfs::controller_ino(&self.inner.host, &name),
                 name: name.clone(),
                 cntlid: parsed.cntlid,
                 path: a.path.clone(),
             });
+            guard.refresh()?;
             // Once the last controller is recorded, recovery needs nothing more: a crash from
             // here adopts what the record names either way, so the disk says `connected` now
             // and the connect's end has nothing to write. In memory the volume stays connecting
@@ -1459,9 +1520,21 @@ impl Volumes {
             return Ok(());
         };
         let mut events = self.inner.events.subscribe();
+        // Every connection this volume uses, locked in one order (two disconnects never wait on
+        // each other crosswise) until its controller is deleted or let go of.
+        let mut keys: Vec<String> = record
+            .controllers
+            .iter()
+            .map(|o| owned_key(&record, o))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut _connections = Vec::with_capacity(keys.len());
+        for k in &keys {
+            _connections.push(Self::lock_for(&self.inner.key_locks, k).lock_owned().await);
+        }
         record.phase = Phase::Disconnecting;
         let topo = self.rescan();
-        self.store(record.clone(), &topo)?;
         let others = self.owned_names(Some(id));
         let device = select(
             &topo,
@@ -1484,6 +1557,10 @@ impl Volumes {
             })
             .map(|o| o.name.clone())
             .collect();
+        // Let go of the controllers another volume still uses, on disk too: that volume's
+        // disconnect, next under the connection's lock, then finds itself the last user.
+        record.controllers.retain(|o| !others.contains(&o.name));
+        self.store(record.clone(), &topo)?;
         for name in &mine {
             self.delete_blocking(name).await?;
         }

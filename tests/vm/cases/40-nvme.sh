@@ -9,7 +9,8 @@ FNQN=nqn.2024-01.io.volfence.vm:foreign
 
 # All but DH-HMAC-CHAP, which needs a kernel with NVMe authentication (cases/45-nvme-auth.sh).
 t_nvme_shared_bodies() { nvme_bodies "$OUT/nvme-tests.log" --skip dhchap; }
-check nvme-real-kernel-shared-test-bodies t_nvme_shared_bodies
+# The storm and the reconnect bodies take a few minutes under TCG.
+STEP_TIMEOUT=450 check nvme-real-kernel-shared-test-bodies t_nvme_shared_bodies
 
 t_nvme_capture_sysfs() {
     # Real sysfs + fabrics reply, mirrored as plain files for tests/fixtures/sysfs-nvme-6.1.
