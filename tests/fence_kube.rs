@@ -70,6 +70,7 @@ impl Cluster {
                 let client = rt
                     .block_on(volfence::fence::kube::client(&settings))
                     .unwrap();
+                rt.block_on(ensure_namespace(&client, NS));
                 let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let suffix = format!("-{}-{n}", std::process::id());
                 Cluster {
@@ -85,6 +86,7 @@ impl Cluster {
                 let emu = rt
                     .block_on(Emulator::start("127.0.0.1:0".parse().unwrap()))
                     .unwrap();
+                emu.ensure_namespace(NS).unwrap();
                 Cluster {
                     rt,
                     emu: Some(emu),
@@ -204,6 +206,27 @@ fn acquire_renew_restart_resumes_and_reboot_takes_over_with_a_new_epoch() {
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 4);
     let rv = lease["metadata"]["resourceVersion"].clone();
+    // What an operator sees of it.
+    let kc = c.kubeconfig("admin");
+    let seen = kubectl(
+        &kc,
+        &[
+            "get",
+            "lease",
+            "-n",
+            NS,
+            &c.node("n1"),
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}",
+        ],
+    );
+    assert_eq!(seen, format!("{} 1", c.holder("n1", BOOT_A)));
+    let table = kubectl(&kc, &["get", "leases", "-n", NS]);
+    assert!(
+        table.starts_with("NAME") && table.contains("HOLDER"),
+        "{table}"
+    );
+    assert!(table.contains(&c.holder("n1", BOOT_A)), "{table}");
     std::thread::sleep(Duration::from_millis(2500));
     assert_ne!(
         c.lease("n1").unwrap()["metadata"]["resourceVersion"],
@@ -315,6 +338,20 @@ fn partitioned_from_the_api_server_fences_within_d_minus_m_and_returns_with_a_ne
     emu.faults("n1", Faults::default());
     let s = wait_for_state(&bus.address, "held", &d);
     assert_eq!(s["Epoch"], 2, "a new holding after a loss");
+    let lost = kubectl(
+        &c.kubeconfig("admin"),
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "reason=LeaseLost",
+            "-o",
+            "jsonpath={.items[*].involvedObject.name}",
+        ],
+    );
+    assert!(lost.split(' ').any(|n| n == c.node("n1")), "{lost:?}");
     assert!(
         c.event_reasons().contains(&"LeaseLost".to_string()),
         "{:?}",

@@ -2,6 +2,7 @@
 //! fake mount (mountinfo), with a real executor process.
 
 mod nvme_env;
+mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -548,6 +549,7 @@ async fn claim_events(
 struct ClaimCluster {
     emu: Option<volfence::kubeemu::Emulator>,
     client: kube::Client,
+    kubeconfig: PathBuf,
     ns: String,
     name: String,
     uid: String,
@@ -573,12 +575,13 @@ async fn claim_cluster() -> ClaimCluster {
         }
     };
     let client = volfence::fence::kube::client(&volfence::config::KubernetesSettings {
-        kubeconfig: Some(path),
+        kubeconfig: Some(path.clone()),
         request_timeout: Duration::from_secs(5),
     })
     .await
     .unwrap();
     let ns = "volfence-test".to_string();
+    support::ensure_namespace(&client, &ns).await;
     let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.clone(), &ns);
     let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
@@ -592,6 +595,7 @@ async fn claim_cluster() -> ClaimCluster {
     ClaimCluster {
         emu,
         client,
+        kubeconfig: path,
         ns,
         name,
         uid: pvc.metadata.uid.unwrap(),
@@ -651,6 +655,17 @@ async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
     assert!(
         msg.contains("fail-claimed") && msg.contains("vg0/ext") && msg.contains("exit"),
         "{msg}"
+    );
+    // Where an operator looks: the claim's description lists the Event.
+    let (kc, ns, name) = (k.kubeconfig.clone(), k.ns.clone(), k.name.clone());
+    let described = tokio::task::spawn_blocking(move || {
+        support::kubectl(&kc, &["describe", "pvc", "-n", &ns, &name])
+    })
+    .await
+    .unwrap();
+    assert!(
+        described.contains("SnapshotFailed") && described.contains("fail-claimed"),
+        "{described}"
     );
 
     // A success is not an event; a failure without a claim is not either.

@@ -1,37 +1,49 @@
 //! A Kubernetes API server emulator: the real REST protocol over HTTP on loopback, for the
-//! resources the agent uses. Tests run it in-process; the VM tier runs the `volfence-kube-emulator`
-//! binary. The agent talks to it through the real `kube` client and a kubeconfig, so the same
-//! tests can point at a real cluster instead.
+//! resources the agent uses, answering as a real kube-apiserver does. Tests run it in-process;
+//! the VM tier runs the `volfence-kube-emulator` binary. The agent talks to it through the real
+//! `kube` client and a kubeconfig, and users through `kubectl`, so the same tests can point at a
+//! real cluster instead.
 //!
-//! Served: Leases (`coordination.k8s.io/v1`: get, list, watch, create, update, JSON merge patch,
-//! delete), Nodes, PersistentVolumes and PersistentVolumeClaims (get, list, watch, create, merge
-//! patch), Events (create, list). One global resourceVersion; 409 Conflict on a stale `metadata.resourceVersion` (PUT, or
-//! a merge patch that carries one), 409 AlreadyExists, 404 — each as a `Status` object like the
-//! real server's. Watches replay history after `resourceVersion` (410 Expired when it is too
-//! old), stream JSON lines, honour `timeoutSeconds` and send bookmarks when asked.
+//! Served: discovery (legacy and aggregated), `/version`, `/readyz`, `/livez`; Namespaces,
+//! Leases (`coordination.k8s.io/v1`), Nodes, PersistentVolumes, PersistentVolumeClaims and Events:
+//! get, list and watch (label and field selectors, pagination, resourceVersion semantics), create,
+//! update, merge/strategic/JSON patch, server-side apply, delete with preconditions; Tables for
+//! `kubectl get`; managedFields per manager. Writes are admitted and validated as the real server
+//! does (kinds.rs, validate.rs, store.rs say where each rule comes from).
 //!
 //! Fault injection per client, keyed by bearer token: added latency, error responses, dropped
 //! connections, a full partition (requests and watch streams hang until healed), and a global
 //! pause/resume. In-process through [`Emulator::faults`]; over HTTP through
 //! `PUT /emulator/v1/faults/<token>` (JSON [`Faults`]) and `POST /emulator/v1/{pause,resume}`.
 
+mod fields;
+mod kinds;
+mod patch;
+mod selectors;
+mod status;
+mod store;
+mod table;
+mod validate;
+mod watch;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Bytes, Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch as watch_channel};
 use tokio_util::sync::CancellationToken;
 
-type Body = BoxBody<Bytes, Infallible>;
+use kinds::Kind;
+use status::{fail, full, reason_for, ApiFail, Body};
+use store::{PatchType, Shared, Store, Writer};
+use table::Render;
 
 /// Faults applied to one client's requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,272 +57,6 @@ pub struct Faults {
     pub drop: bool,
     /// Nothing gets through: requests and watch streams hang until the partition is lifted.
     pub partition: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Kind {
-    Lease,
-    Node,
-    PersistentVolume,
-    PersistentVolumeClaim,
-    Event,
-}
-
-impl Kind {
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::Lease => "leases",
-            Kind::Node => "nodes",
-            Kind::PersistentVolume => "persistentvolumes",
-            Kind::PersistentVolumeClaim => "persistentvolumeclaims",
-            Kind::Event => "events",
-        }
-    }
-    fn group(self) -> &'static str {
-        match self {
-            Kind::Lease => "coordination.k8s.io",
-            _ => "",
-        }
-    }
-    fn api_version(self) -> &'static str {
-        match self {
-            Kind::Lease => "coordination.k8s.io/v1",
-            _ => "v1",
-        }
-    }
-    fn kind(self) -> &'static str {
-        match self {
-            Kind::Lease => "Lease",
-            Kind::Node => "Node",
-            Kind::PersistentVolume => "PersistentVolume",
-            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
-            Kind::Event => "Event",
-        }
-    }
-    fn namespaced(self) -> bool {
-        matches!(
-            self,
-            Kind::Lease | Kind::Event | Kind::PersistentVolumeClaim
-        )
-    }
-    /// `leases.coordination.k8s.io`, as in the real server's messages.
-    fn qualified(self) -> String {
-        if self.group().is_empty() {
-            self.plural().to_string()
-        } else {
-            format!("{}.{}", self.plural(), self.group())
-        }
-    }
-}
-
-type Key = (Kind, String, String); // kind, namespace ("" if cluster-scoped), name
-
-#[derive(Debug, Clone)]
-struct Change {
-    rv: u64,
-    kind: Kind,
-    namespace: String,
-    event: &'static str,
-    object: Value,
-}
-
-const HISTORY: usize = 10_000;
-const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
-
-struct Store {
-    rv: u64,
-    objects: BTreeMap<Key, Value>,
-    history: VecDeque<Change>,
-    uid: u64,
-}
-
-struct Shared {
-    store: Mutex<Store>,
-    changes: broadcast::Sender<Change>,
-    faults: Mutex<HashMap<String, Faults>>,
-    paused: watch::Sender<bool>,
-    requests: Mutex<HashMap<String, BTreeMap<String, u64>>>,
-}
-
-/// A running emulator. Dropping it does not stop it; call [`Emulator::shutdown`].
-#[derive(Clone)]
-pub struct Emulator {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-/// A Status error.
-struct ApiFail {
-    code: u16,
-    reason: &'static str,
-    message: String,
-    details: Option<Value>,
-}
-
-impl ApiFail {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiFail {
-        ApiFail {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-    fn for_object(
-        code: u16,
-        reason: &'static str,
-        kind: Kind,
-        name: &str,
-        message: String,
-    ) -> ApiFail {
-        ApiFail {
-            code,
-            reason,
-            message,
-            details: Some(json!({"name": name, "group": kind.group(), "kind": kind.plural()})),
-        }
-    }
-    fn not_found(kind: Kind, name: &str) -> ApiFail {
-        ApiFail::for_object(
-            404,
-            "NotFound",
-            kind,
-            name,
-            format!("{} \"{name}\" not found", kind.qualified()),
-        )
-    }
-    fn conflict(kind: Kind, name: &str) -> ApiFail {
-        ApiFail::for_object(
-            409,
-            "Conflict",
-            kind,
-            name,
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.qualified()
-            ),
-        )
-    }
-    fn status(&self) -> Value {
-        let mut v = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(d) = &self.details {
-            v["details"] = d.clone();
-        }
-        v
-    }
-}
-
-fn reason_for(code: u16) -> &'static str {
-    match code {
-        400 => "BadRequest",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        409 => "Conflict",
-        410 => "Expired",
-        415 => "UnsupportedMediaType",
-        429 => "TooManyRequests",
-        500 => "InternalError",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        _ => "Unknown",
-    }
-}
-
-fn full(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("JSON"))).boxed())
-        .expect("response parts")
-}
-
-fn fail(f: ApiFail) -> Response<Body> {
-    full(
-        StatusCode::from_u16(f.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &f.status(),
-    )
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().expect("object");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
-fn now_rfc3339() -> String {
-    crate::fence::kube::rfc3339(std::time::SystemTime::now(), false)
-}
-
-/// The checks the real server makes on a new `core/v1` Event (ValidateEventCreate): the
-/// involved object lives in the Event's namespace; an Event with a reporting controller also has
-/// an eventTime, an action, a reporting instance, a reason and a note of at most 1 kB.
-fn validate_event(obj: &Value, namespace: &str, name: &str) -> Result<(), ApiFail> {
-    let mut errs = Vec::new();
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let involved_ns = s(&obj["involvedObject"]["namespace"]);
-    if !involved_ns.is_empty() && involved_ns != namespace {
-        errs.push(format!("involvedObject.namespace: Invalid value: \"{involved_ns}\": does not match event.namespace"));
-    }
-    if !s(&obj["reportingComponent"]).is_empty() {
-        for (field, what) in [
-            ("eventTime", "eventTime"),
-            ("action", "action"),
-            ("reportingInstance", "reportingInstance"),
-            ("reason", "reason"),
-        ] {
-            if s(&obj[field]).is_empty() {
-                errs.push(format!("{what}: Required value"));
-            }
-        }
-        let note = s(&obj["message"]);
-        if note.len() > 1024 {
-            errs.push(format!(
-                "message: Too long: may not be more than 1024 bytes (is {})",
-                note.len()
-            ));
-        }
-    }
-    match s(&obj["type"]).as_str() {
-        "" | "Normal" | "Warning" => {}
-        t => errs.push(format!(
-            "type: Unsupported value: \"{t}\": supported values: \"Normal\", \"Warning\""
-        )),
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiFail::for_object(
-            422,
-            "Invalid",
-            Kind::Event,
-            name,
-            format!("Event \"{name}\" is invalid: [{}]", errs.join(", ")),
-        ))
-    }
 }
 
 struct Route {
@@ -335,14 +81,7 @@ fn route(path: &str) -> Option<Route> {
         [p, n] => (*p, Some(n.to_string())),
         _ => return None,
     };
-    let kind = match (core, plural) {
-        (false, "leases") => Kind::Lease,
-        (true, "nodes") => Kind::Node,
-        (true, "persistentvolumes") => Kind::PersistentVolume,
-        (true, "persistentvolumeclaims") => Kind::PersistentVolumeClaim,
-        (true, "events") => Kind::Event,
-        _ => return None,
-    };
+    let kind = Kind::from_path(core, plural)?;
     if kind.namespaced() == namespace.is_empty() && name.is_some() {
         return None;
     }
@@ -385,214 +124,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `metadata.name=x` field selectors, the only kind the agent uses.
-fn field_matches(selector: Option<&String>, obj: &Value) -> Result<bool, ApiFail> {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
-        return Ok(true);
-    };
-    for term in sel.split(',') {
-        let (k, v) = term.split_once('=').ok_or_else(|| {
-            ApiFail::new(
-                400,
-                "BadRequest",
-                format!("unsupported fieldSelector {sel:?}"),
-            )
-        })?;
-        let v = v.trim_start_matches('=');
-        let is_event = obj["kind"] == "Event";
-        let actual = match k {
-            "metadata.name" => obj["metadata"]["name"].as_str(),
-            "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
-            // The event fields the real server indexes (what `kubectl describe` selects on).
-            "involvedObject.kind"
-            | "involvedObject.namespace"
-            | "involvedObject.name"
-            | "involvedObject.uid"
-            | "involvedObject.apiVersion"
-                if is_event =>
-            {
-                obj["involvedObject"][&k["involvedObject.".len()..]].as_str()
-            }
-            "reason" | "type" | "reportingComponent" if is_event => obj[k].as_str(),
-            _ => {
-                return Err(ApiFail::new(
-                    400,
-                    "BadRequest",
-                    format!("fieldSelector key {k:?} is not supported by the emulator"),
-                ))
-            }
-        };
-        if actual != Some(v) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 impl Shared {
-    fn commit(
-        &self,
-        st: &mut Store,
-        kind: Kind,
-        namespace: &str,
-        event: &'static str,
-        object: Value,
-    ) {
-        let change = Change {
-            rv: st.rv,
-            kind,
-            namespace: namespace.to_string(),
-            event,
-            object,
-        };
-        st.history.push_back(change.clone());
-        if st.history.len() > HISTORY {
-            st.history.pop_front();
-        }
-        let _ = self.changes.send(change);
-    }
-
-    fn create(&self, r: &Route, mut obj: Value) -> Result<Value, ApiFail> {
-        let name = obj["metadata"]["name"].as_str().map(str::to_string);
-        let name = match (name, obj["metadata"]["generateName"].as_str()) {
-            (Some(n), _) if !n.is_empty() => n,
-            (_, Some(prefix)) => {
-                let uid = self.store.lock().unwrap().uid;
-                format!("{prefix}{uid:05x}")
-            }
-            _ => return Err(ApiFail::new(422, "Invalid", format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", r.kind.kind()))),
-        };
-        if !r.namespace.is_empty() {
-            match obj["metadata"]["namespace"].as_str() {
-                Some(ns) if ns != r.namespace => {
-                    return Err(ApiFail::new(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"));
-                }
-                _ => obj["metadata"]["namespace"] = json!(r.namespace),
-            }
-        }
-        if r.kind == Kind::Event {
-            validate_event(&obj, &r.namespace, &name)?;
-        }
-        let mut st = self.store.lock().unwrap();
-        let key = (r.kind, r.namespace.clone(), name.clone());
-        if st.objects.contains_key(&key) {
-            return Err(ApiFail::for_object(
-                409,
-                "AlreadyExists",
-                r.kind,
-                &name,
-                format!("{} \"{name}\" already exists", r.kind.qualified()),
-            ));
-        }
-        st.rv += 1;
-        st.uid += 1;
-        obj["apiVersion"] = json!(r.kind.api_version());
-        obj["kind"] = json!(r.kind.kind());
-        obj["metadata"]["name"] = json!(name);
-        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        obj["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", st.uid));
-        obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("generateName");
-        }
-        st.objects.insert(key, obj.clone());
-        self.commit(&mut st, r.kind, &r.namespace, "ADDED", obj.clone());
-        Ok(obj)
-    }
-
-    /// PUT (`patch` = None, `new` = whole object) or merge PATCH.
-    fn update(&self, r: &Route, name: &str, body: Value, is_patch: bool) -> Result<Value, ApiFail> {
-        let mut st = self.store.lock().unwrap();
-        let key = (r.kind, r.namespace.clone(), name.to_string());
-        let cur = st
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiFail::not_found(r.kind, name))?;
-        let cur_rv = cur["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        // A resourceVersion in the request is a precondition, for PUT and for patches alike.
-        if let Some(want) = body["metadata"]["resourceVersion"].as_str() {
-            if want != cur_rv {
-                return Err(ApiFail::conflict(r.kind, name));
-            }
-        }
-        if let Some(n) = body["metadata"]["name"].as_str() {
-            if n != name {
-                return Err(ApiFail::new(
-                    400,
-                    "BadRequest",
-                    format!(
-                        "the name of the object ({n}) does not match the name on the URL ({name})"
-                    ),
-                ));
-            }
-        }
-        let mut next = if is_patch {
-            let mut v = cur.clone();
-            merge_patch(&mut v, &body);
-            v
-        } else {
-            let mut v = body;
-            // server-owned fields survive a PUT
-            for f in ["uid", "creationTimestamp", "namespace", "name"] {
-                v["metadata"][f] = cur["metadata"][f].clone();
-            }
-            v["apiVersion"] = json!(r.kind.api_version());
-            v["kind"] = json!(r.kind.kind());
-            v
-        };
-        for f in ["uid", "creationTimestamp", "name"] {
-            next["metadata"][f] = cur["metadata"][f].clone();
-        }
-        next["metadata"]["resourceVersion"] = json!(cur_rv);
-        if next == cur {
-            return Ok(cur); // a no-op write does not bump the resourceVersion
-        }
-        st.rv += 1;
-        next["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        st.objects.insert(key, next.clone());
-        self.commit(&mut st, r.kind, &r.namespace, "MODIFIED", next.clone());
-        Ok(next)
-    }
-
-    fn delete(&self, r: &Route, name: &str) -> Result<Value, ApiFail> {
-        let mut st = self.store.lock().unwrap();
-        let key = (r.kind, r.namespace.clone(), name.to_string());
-        let mut obj = st
-            .objects
-            .remove(&key)
-            .ok_or_else(|| ApiFail::not_found(r.kind, name))?;
-        st.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        self.commit(&mut st, r.kind, &r.namespace, "DELETED", obj.clone());
-        Ok(json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": name, "group": r.kind.group(), "kind": r.kind.plural(), "uid": obj["metadata"]["uid"]},
-        }))
-    }
-
-    fn list(&self, r: &Route, q: &HashMap<String, String>) -> Result<Value, ApiFail> {
-        let st = self.store.lock().unwrap();
-        let mut items = Vec::new();
-        for ((k, ns, _), v) in st.objects.iter() {
-            if *k == r.kind
-                && (r.namespace.is_empty() || *ns == r.namespace)
-                && field_matches(q.get("fieldSelector"), v)?
-            {
-                items.push(v.clone());
-            }
-        }
-        Ok(json!({
-            "kind": format!("{}List", r.kind.kind()),
-            "apiVersion": r.kind.api_version(),
-            "metadata": {"resourceVersion": st.rv.to_string()},
-            "items": items,
-        }))
-    }
-
     fn client_faults(&self, client: &str) -> Faults {
         self.faults
             .lock()
@@ -626,13 +158,24 @@ fn client_of<B>(req: &Request<B>) -> String {
         .to_string()
 }
 
+/// A running emulator. Dropping it does not stop it; call [`Emulator::shutdown`].
+#[derive(Clone)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The field manager of writes made through the emulator's own API (test setup).
+const ADMIN: &str = "emulator-admin";
+
 impl Emulator {
     /// Binds `addr` (use port 0 for any) and serves until [`Emulator::shutdown`].
     pub async fn start(addr: SocketAddr) -> std::io::Result<Emulator> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (changes, _) = broadcast::channel(4096);
-        let (paused, _) = watch::channel(false);
+        let (paused, _) = watch_channel::channel(false);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
                 rv: 1000,
@@ -646,6 +189,17 @@ impl Emulator {
             requests: Mutex::new(HashMap::new()),
         });
         let stop = CancellationToken::new();
+        let admin = Writer { manager: ADMIN };
+        for ns in kinds::INITIAL_NAMESPACES {
+            shared
+                .create(
+                    Kind::Namespace,
+                    "",
+                    json!({"metadata": {"name": ns}}),
+                    &admin,
+                )
+                .expect("the initial namespaces are valid");
+        }
         let emu = Emulator { shared, addr, stop };
         let e = emu.clone();
         tokio::spawn(async move { e.accept(listener).await });
@@ -719,7 +273,23 @@ impl Emulator {
     pub fn create(&self, collection_path: &str, obj: Value) -> Result<Value, String> {
         let r = route(collection_path)
             .ok_or_else(|| format!("no such collection {collection_path}"))?;
-        self.shared.create(&r, obj).map_err(|f| f.message)
+        self.shared
+            .create(r.kind, &r.namespace, obj, &Writer { manager: ADMIN })
+            .map_err(|f| f.message)
+    }
+
+    /// Creates a namespace if it does not exist (`kubectl create namespace`).
+    pub fn ensure_namespace(&self, name: &str) -> Result<(), String> {
+        match self.shared.create(
+            Kind::Namespace,
+            "",
+            json!({"metadata": {"name": name}}),
+            &Writer { manager: ADMIN },
+        ) {
+            Ok(_) => Ok(()),
+            Err(f) if f.code == 409 => Ok(()),
+            Err(f) => Err(f.message),
+        }
     }
 
     /// Merge-patches an object as an administrator would (`kubectl patch --type merge`).
@@ -730,7 +300,14 @@ impl Emulator {
             .clone()
             .ok_or_else(|| format!("{path} is a collection"))?;
         self.shared
-            .update(&r, &name, patch, true)
+            .patch(
+                r.kind,
+                &r.namespace,
+                &name,
+                &patch,
+                PatchType::Merge,
+                &Writer { manager: ADMIN },
+            )
             .map_err(|f| f.message)
     }
 
@@ -809,7 +386,23 @@ impl Emulator {
                 format!("injected fault: {code}"),
             )));
         }
-
+        let header = |h: &str| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (accept, ctype, agent) = (
+            header("accept"),
+            header("content-type"),
+            header("user-agent"),
+        );
+        if req.method() == Method::GET {
+            if let Some(r) = self.meta_endpoint(&path, &accept) {
+                return Ok(r);
+            }
+        }
         let Some(r) = route(&path) else {
             return Ok(fail(ApiFail::new(
                 404,
@@ -818,16 +411,79 @@ impl Emulator {
             )));
         };
         let method = req.method().clone();
-        let ctype = req
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return Err(std::io::Error::other(e)),
         };
+        let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+            Some(m) => m.clone(),
+            None => fields::manager_from_user_agent(Some(&agent)),
+        };
+        let render = Render::new(r.kind, &accept, q.get("includeObject").map(String::as_str));
+        let result = self
+            .serve(
+                &r, &method, &q, &body, &ctype, &manager, render, client, watching,
+            )
+            .await;
+        Ok(result.unwrap_or_else(fail))
+    }
+
+    /// Discovery, version and health: what clients ask before any resource.
+    fn meta_endpoint(&self, path: &str, accept: &str) -> Option<Response<Body>> {
+        let aggregated = accept
+            .split(',')
+            .next()
+            .is_some_and(|t| t.contains("as=APIGroupDiscoveryList") && t.contains("v=v2"));
+        let with_type = |v: Value, ctype: &str| {
+            let mut r = full(StatusCode::OK, &v);
+            r.headers_mut()
+                .insert("content-type", ctype.parse().expect("header value"));
+            r
+        };
+        const AGGREGATED: &str =
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+        Some(match path.trim_end_matches('/') {
+            "/api" if aggregated => with_type(kinds::aggregated(true), AGGREGATED),
+            "/apis" if aggregated => with_type(kinds::aggregated(false), AGGREGATED),
+            "/api" => full(
+                StatusCode::OK,
+                &kinds::core_versions(&self.addr.to_string()),
+            ),
+            "/apis" => full(StatusCode::OK, &kinds::group_list()),
+            "/api/v1" => full(StatusCode::OK, &kinds::resource_list("")),
+            "/apis/coordination.k8s.io/v1" => {
+                full(StatusCode::OK, &kinds::resource_list("coordination.k8s.io"))
+            }
+            "/apis/coordination.k8s.io" => {
+                let v = json!({"groupVersion": "coordination.k8s.io/v1", "version": "v1"});
+                full(
+                    StatusCode::OK,
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": "coordination.k8s.io", "versions": [v], "preferredVersion": v}),
+                )
+            }
+            "/version" => full(StatusCode::OK, &kinds::version()),
+            "/readyz" | "/livez" | "/healthz" => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"ok")).boxed())
+                .expect("response parts"),
+            _ => return None,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve(
+        &self,
+        r: &Route,
+        method: &Method,
+        q: &HashMap<String, String>,
+        body: &Bytes,
+        ctype: &str,
+        manager: &str,
+        render: Render,
+        client: String,
+        watching: bool,
+    ) -> Result<Response<Body>, ApiFail> {
         let parse = |b: &Bytes| -> Result<Value, ApiFail> {
             serde_json::from_slice(b).map_err(|e| {
                 ApiFail::new(
@@ -837,166 +493,80 @@ impl Emulator {
                 )
             })
         };
-        let result = match (&method, &r.name) {
-            (&Method::GET, None) if watching => return Ok(self.watch(&r, &q, client)),
-            (&Method::GET, None) => self.shared.list(&r, &q).map(|v| (StatusCode::OK, v)),
-            (&Method::GET, Some(n)) => {
-                let st = self.shared.store.lock().unwrap();
-                st.objects
-                    .get(&(r.kind, r.namespace.clone(), n.clone()))
-                    .cloned()
-                    .map(|v| (StatusCode::OK, v))
-                    .ok_or_else(|| ApiFail::not_found(r.kind, n))
+        let w = Writer { manager };
+        let sh = &self.shared;
+        let (kind, ns) = (r.kind, r.namespace.as_str());
+        let (code, v) = match (method, &r.name) {
+            (&Method::GET, None) if watching => {
+                let req = watch::WatchRequest {
+                    kind,
+                    namespace: ns.to_string(),
+                    client,
+                    render,
+                };
+                return watch::watch(sh.clone(), self.stop.clone(), req, q).await;
             }
-            (&Method::POST, None) => parse(&body).and_then(|v| self.shared.create(&r, v)).map(|v| (StatusCode::CREATED, v)),
-            (&Method::PUT, Some(n)) => parse(&body).and_then(|v| self.shared.update(&r, n, v, false)).map(|v| (StatusCode::OK, v)),
+            (&Method::GET, None) => (StatusCode::OK, render.list(sh.list(kind, ns, q)?)),
+            (&Method::GET, Some(n)) => (StatusCode::OK, render.one(sh.get(kind, ns, n)?)),
+            (&Method::POST, None) => (StatusCode::CREATED, sh.create(kind, ns, parse(body)?, &w)?),
+            (&Method::PUT, Some(n)) => match sh.replace(kind, ns, n, parse(body)?, &w)? {
+                (v, true) => (StatusCode::CREATED, v),
+                (v, false) => (StatusCode::OK, v),
+            },
             (&Method::PATCH, Some(n)) => {
-                if !ctype.starts_with("application/merge-patch+json") {
-                    Err(ApiFail::new(415, "UnsupportedMediaType", format!("the emulator supports application/merge-patch+json patches, not {ctype:?}")))
-                } else {
-                    parse(&body).and_then(|v| self.shared.update(&r, n, v, true)).map(|v| (StatusCode::OK, v))
+                let media = ctype.split(';').next().unwrap_or_default().trim();
+                let force = q.get("force").is_some_and(|f| f == "true");
+                if force && media != "application/apply-patch+yaml" {
+                    return Err(ApiFail::invalid_options(
+                        "force",
+                        "Forbidden: may not be specified for non-apply patch",
+                    ));
                 }
-            }
-            (&Method::DELETE, Some(n)) => self.shared.delete(&r, n).map(|v| (StatusCode::OK, v)),
-            _ => Err(ApiFail::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource: {method} {path}"))),
-        };
-        Ok(match result {
-            Ok((code, v)) => full(code, &v),
-            Err(f) => fail(f),
-        })
-    }
-
-    fn watch(&self, r: &Route, q: &HashMap<String, String>, client: String) -> Response<Body> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-        let mut changes = self.shared.changes.subscribe();
-        let since: Option<u64> = q
-            .get("resourceVersion")
-            .filter(|s| !s.is_empty() && *s != "0")
-            .and_then(|s| s.parse().ok());
-        let timeout = q
-            .get("timeoutSeconds")
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-        let selector = q.get("fieldSelector").cloned();
-        let (kind, namespace) = (r.kind, r.namespace.clone());
-        let shared = self.shared.clone();
-        let stop = self.stop.clone();
-
-        // Backlog: history after `since`, or the current objects as ADDED (no resourceVersion).
-        let mut backlog = Vec::new();
-        let mut expired = false;
-        let mut last_rv;
-        {
-            let st = shared.store.lock().unwrap();
-            last_rv = st.rv;
-            match since {
-                Some(rv) => {
-                    let oldest = st.history.front().map_or(st.rv, |c| c.rv - 1);
-                    if rv < oldest {
-                        expired = true;
-                    } else {
-                        backlog.extend(st.history.iter().filter(|c| c.rv > rv).cloned());
+                let ptype = match media {
+                    "application/merge-patch+json" => PatchType::Merge,
+                    "application/strategic-merge-patch+json" => PatchType::Strategic,
+                    "application/json-patch+json" => PatchType::Json,
+                    "application/apply-patch+yaml" => {
+                        // JSON is YAML; the emulator reads only that form of it.
+                        let config = parse(body)?;
+                        let manager = q.get("fieldManager").map_or("", String::as_str);
+                        return Ok(match sh.apply(kind, ns, n, config, &Writer { manager }, force)? {
+                            (v, true) => full(StatusCode::CREATED, &v),
+                            (v, false) => full(StatusCode::OK, &v),
+                        });
                     }
-                }
-                None => {
-                    for ((k, ns, _), v) in st.objects.iter() {
-                        if *k == kind {
-                            backlog.push(Change {
-                                rv: 0,
-                                kind,
-                                namespace: ns.clone(),
-                                event: "ADDED",
-                                object: v.clone(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let matches = move |c: &Change| -> bool {
-            c.kind == kind
-                && (namespace.is_empty() || c.namespace == namespace)
-                && field_matches(selector.as_ref(), &c.object).unwrap_or(false)
-        };
-        let line = |event: &str, object: &Value| -> Bytes {
-            let mut v =
-                serde_json::to_vec(&json!({"type": event, "object": object})).expect("JSON");
-            v.push(b'\n');
-            Bytes::from(v)
-        };
-        tokio::spawn(async move {
-            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            let send = |b: Bytes| {
-                let tx = tx.clone();
-                let shared = shared.clone();
-                let client = client.clone();
-                async move {
-                    shared.wait_unpartitioned(&client).await;
-                    let lat = shared.client_faults(&client).latency_ms;
-                    if lat > 0 {
-                        tokio::time::sleep(Duration::from_millis(lat)).await;
-                    }
-                    tx.send(b).await.is_ok()
-                }
-            };
-            if expired {
-                let f = ApiFail::new(410, "Expired", "too old resource version");
-                let _ = send(line("ERROR", &f.status())).await;
-                return;
-            }
-            for c in backlog.iter().filter(|c| matches(c)) {
-                if !send(line(c.event, &c.object)).await {
-                    return;
-                }
-            }
-            // Real servers send one about every minute; often enough here to exercise clients.
-            let mut bookmark = tokio::time::interval_at(
-                tokio::time::Instant::now() + BOOKMARK_EVERY,
-                BOOKMARK_EVERY,
-            );
-            loop {
-                let sleep_deadline = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
+                    other => {
+                        return Err(ApiFail::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"),
+                        ))
                     }
                 };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = sleep_deadline => return,
-                    _ = bookmark.tick(), if bookmarks => {
-                        let obj = json!({"kind": kind.kind(), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}});
-                        if !send(line("BOOKMARK", &obj)).await { return; }
-                    }
-                    c = changes.recv() => match c {
-                        Ok(c) => {
-                            if c.rv <= last_rv && since.is_some() { continue; }
-                            last_rv = last_rv.max(c.rv);
-                            if matches(&c) && !send(line(c.event, &c.object)).await { return; }
-                        }
-                        // The watcher fell too far behind: tell the client to relist, as the server does.
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let f = ApiFail::new(410, "Expired", "watch fell behind; relist");
-                            let _ = send(line("ERROR", &f.status())).await;
-                            return;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                }
+                (
+                    StatusCode::OK,
+                    sh.patch(kind, ns, n, &parse(body)?, ptype, &w)?,
+                )
             }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-        });
-        Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "application/json")
-            .header("transfer-encoding", "chunked")
-            .body(BodyExt::boxed(StreamBody::new(stream)))
-            .expect("response parts")
+            (&Method::DELETE, Some(n)) => {
+                let options = if body.is_empty() {
+                    json!({})
+                } else {
+                    parse(body)?
+                };
+                (StatusCode::OK, sh.delete(kind, ns, n, &options)?)
+            }
+            _ => {
+                return Err(ApiFail::new(
+                    405,
+                    "MethodNotAllowed",
+                    format!(
+                        "the server does not allow this method on the requested resource: {method}"
+                    ),
+                ))
+            }
+        };
+        Ok(full(code, &v))
     }
 
     async fn control(&self, method: Method, path: &str, req: Request<Incoming>) -> Response<Body> {

@@ -267,3 +267,34 @@ pub fn text(o: &Output) -> String {
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// Makes namespace `ns` if it is not there (a real cluster keeps it for the next run).
+pub async fn ensure_namespace(client: &kube::Client, ns: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let obj: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    match api.create(&kube::api::PostParams::default(), &obj).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating namespace {ns}: {e}"),
+    }
+}
+
+/// `kubectl --kubeconfig <kc> <args>`: what a user sees. Panics with kubectl's output when it fails.
+pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let bin = std::env::var_os("KUBECTL").unwrap_or_else(|| "/usr/bin/kubectl".into());
+    let out = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (kubectl is part of this machine kind; set KUBECTL)",
+                std::path::Path::new(&bin).display()
+            )
+        });
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
