@@ -10,7 +10,7 @@ use volfence::kubeemu::Emulator;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "Kubernetes API server emulator (Leases, Nodes, PersistentVolumes, PersistentVolumeClaims, Events) with fault injection"
+    about = "Kubernetes API server emulator (discovery, Namespaces, Leases, Nodes, PersistentVolumes, PersistentVolumeClaims, Pods, Events) with fault injection"
 )]
 struct Args {
     /// Address to listen on (loopback only makes sense: there is no authentication)

@@ -55,6 +55,10 @@ pub async fn client(settings: &KubernetesSettings) -> Result<Client, KubeError> 
             .map_err(|e| KubeError::Infer(e.to_string()))?,
     };
     config.connect_timeout = Some(settings.request_timeout);
+    // kube retries 429/503/504 by itself (up to 15 times, backing off to minutes). The fence
+    // must see each answer when it comes: a renew that failed is a failed renew, and the loop
+    // retries on its own schedule, within D − M.
+    config.default_retry = false;
     // Named in the API server's audit log and in managedFields, not as a generic kube-rs client.
     config.headers.push((
         hyper::header::USER_AGENT,

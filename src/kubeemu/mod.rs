@@ -19,6 +19,7 @@
 mod fields;
 mod kinds;
 mod patch;
+mod protobuf;
 mod selectors;
 mod status;
 mod store;
@@ -414,6 +415,24 @@ impl Emulator {
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return Err(std::io::Error::other(e)),
+        };
+        // kubectl's typed commands write protobuf and do not fall back to JSON.
+        let (body, ctype) = if ctype.starts_with("application/vnd.kubernetes.protobuf") {
+            match protobuf::decode(&body) {
+                Ok(v) => (
+                    Bytes::from(serde_json::to_vec(&v).expect("JSON")),
+                    "application/json".to_string(),
+                ),
+                Err(why) => {
+                    return Ok(fail(ApiFail::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!("the body of the request was in an unknown format: {why}"),
+                    )))
+                }
+            }
+        } else {
+            (body, ctype)
         };
         let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
             Some(m) => m.clone(),

@@ -195,8 +195,19 @@ pub fn full(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 pub fn fail(f: ApiFail) -> Response<Body> {
-    full(
+    let retry = f
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64());
+    let mut r = full(
         StatusCode::from_u16(f.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &f.status(),
-    )
+    );
+    if let Some(secs) = retry {
+        r.headers_mut().insert(
+            "retry-after",
+            secs.to_string().parse().expect("header value"),
+        );
+    }
+    r
 }

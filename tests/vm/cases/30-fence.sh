@@ -24,7 +24,10 @@ log_time() {
 t_emulator() {
     spawn emulator "$VOLFENCE_EMULATOR" --listen 127.0.0.1:16443 --kubeconfig "$KCFG" --client vmnode || return 1
     wait_for 30 test -s "$KCFG" || return 1
-    wait_for 30 grep -q "listening on" "$OUT/emulator.log"
+    wait_for 30 grep -q "listening on" "$OUT/emulator.log" || return 1
+    # As an operator prepares a cluster: the lease namespace first, with kubectl.
+    expect_rc 0 kubectl --kubeconfig "$KCFG" create namespace volfence-system || return 1
+    contains "$RUN_OUT" "namespace/volfence-system created"
 }
 check kube-emulator-in-guest t_emulator
 
@@ -35,7 +38,11 @@ t_kube_held() {
     spawn kagent env RUST_LOG=info "$VOLFENCED" --config "$W/fence-kube.toml" || return 1
     wait_for 90 fence_held || { tail -20 "$OUT/kagent.log"; return 1; }
     expect_rc 0 "$VOLFENCECTL" status --json || return 1
-    json_assert 's["FenceBackend"] == "kubernetes"' 's["Epoch"] == 1' 's["Holder"].startswith(s["NodeName"] + "/")'
+    json_assert 's["FenceBackend"] == "kubernetes"' 's["Epoch"] == 1' 's["Holder"].startswith(s["NodeName"] + "/")' || return 1
+    # What kubectl shows of it: the holder and the transitions.
+    local node; node=$(/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["NodeName"])' <<< "$RUN_OUT")
+    expect_rc 0 kubectl --kubeconfig "$KCFG" get lease -n volfence-system "$node" -o 'jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}' || return 1
+    contains "$RUN_OUT" "$node/" && contains "$RUN_OUT" " 1"
 }
 check kube-fence-held-through-emulator t_kube_held
 
@@ -59,6 +66,8 @@ t_kube_recover() {
     wait_for 60 fence_held || return 1
     expect_rc 0 "$VOLFENCECTL" status --json || return 1
     json_assert 's["Epoch"] == 2' || return 1
+    expect_rc 0 kubectl --kubeconfig "$KCFG" get events -n volfence-system --field-selector reason=LeaseLost -o name || return 1
+    contains "$RUN_OUT" "event/" || return 1
     stop_spawned kagent 30 || return 1
     [ "$(spawned_rc kagent)" = 0 ] || fail "kagent exit $(spawned_rc kagent)"
 }

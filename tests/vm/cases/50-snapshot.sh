@@ -170,6 +170,10 @@ t_claim_event() {
     stop_spawned sagent 15 || return 1
     spawn snapemu "$VOLFENCE_EMULATOR" --listen 127.0.0.1:16444 --kubeconfig "$W/snap-kubeconfig" --client snapnode || return 1
     wait_for 30 grep -q "listening on" "$OUT/snapemu.log" || return 1
+    local ns
+    for ns in vms volfence-system; do
+        expect_rc 0 kubectl --kubeconfig "$W/snap-kubeconfig" create namespace "$ns" || return 1
+    done
     emu_call POST /api/v1/namespaces/vms/persistentvolumeclaims \
         '{"metadata": {"name": "disk-xfs"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "320Mi"}}}}' || return 1
     local uid; uid=$(/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["uid"])' <<< "$RUN_OUT")
@@ -186,7 +190,10 @@ t_claim_event() {
         's["items"][0]["reason"] == "SnapshotFailed" and s["items"][0]["type"] == "Warning"' \
         's["items"][0]["involvedObject"]["uid"] == e["UID_WANT"]' \
         '"fail-claim" in s["items"][0]["message"] and "vgsnap/xfs" in s["items"][0]["message"]' \
-        's["items"][0]["source"]["component"] == "volfenced"'
+        's["items"][0]["source"]["component"] == "volfenced"' || return 1
+    # Where an operator looks for it.
+    expect_rc 0 kubectl --kubeconfig "$W/snap-kubeconfig" describe pvc -n vms disk-xfs || return 1
+    contains "$RUN_OUT" SnapshotFailed && contains "$RUN_OUT" fail-claim
 }
 check snapshot-failure-event-on-claim t_claim_event
 
