@@ -182,8 +182,21 @@ impl Shared {
         &self,
         kind: Kind,
         namespace: &str,
-        mut obj: Value,
+        obj: Value,
         w: &Writer,
+    ) -> Result<Value, ApiFail> {
+        self.create_as(kind, namespace, obj, (w, "Update"), None)
+    }
+
+    /// A create by `w` with `operation`; `owned` is what it comes to own (default: every field
+    /// it set).
+    fn create_as(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        mut obj: Value,
+        (w, operation): (&Writer, &str),
+        owned: Option<std::collections::BTreeSet<fields::Path>>,
     ) -> Result<Value, ApiFail> {
         let name = obj["metadata"]["name"].as_str().map(str::to_string);
         let name = match (name, obj["metadata"]["generateName"].as_str()) {
@@ -242,8 +255,8 @@ impl Shared {
             json!(format!("00000000-0000-4000-8000-{:012x}", st.uid)),
         );
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        let owned = fields::leaves(&obj);
-        fields::record(&mut obj, w.manager, "Update", &owned, &now_rfc3339());
+        let owned = owned.unwrap_or_else(|| fields::leaves(&obj));
+        fields::record(&mut obj, w.manager, operation, &owned, &now_rfc3339());
         st.objects.insert(key.clone(), obj.clone());
         self.commit(&mut st, &key, "ADDED", obj.clone(), None);
         Ok(obj)
@@ -412,20 +425,11 @@ impl Shared {
         let Some(cur) = cur else {
             let mut obj = config.clone();
             obj["metadata"]["name"] = json!(name);
-            let created = self.create(kind, namespace, obj, &Writer { manager: w.manager })?;
             // What an apply creates is the applier's, as an Apply.
-            let mut st = self.store.lock().unwrap();
-            let mut obj = created.clone();
-            obj["metadata"]["managedFields"] = json!([]);
-            fields::record(
-                &mut obj,
-                w.manager,
-                "Apply",
-                &fields::leaves(&config),
-                &now_rfc3339(),
-            );
-            st.objects.insert(key, obj.clone());
-            return Ok((obj, true));
+            let owned = fields::leaves(&config);
+            return self
+                .create_as(kind, namespace, obj, (w, "Apply"), Some(owned))
+                .map(|v| (v, true));
         };
         let conflicts = fields::conflicts(&cur, &config, w.manager);
         if !conflicts.is_empty() && !force {

@@ -35,6 +35,7 @@ t_lvm_setup() {
     printf '[snapshots]\nexecutor = ["%s", "%s", "{mountpoint}", "{request_id}"]\nexecutor_timeout = "300s"\ndefault_size = "48M"\n[metrics]\nlisten = "127.0.0.1:9480"\n' \
         "$HERE/snapshot-executor.sh" "$EXO" > "$W/snap-agent.toml"
     rm -rf /var/lib/volfence /run/volfence
+    : > "$OUT/restart-times.txt"
     spawn sagent env RUST_LOG=info "$VOLFENCED" --config "$W/snap-agent.toml" || return 1
     wait_for 60 fence_held || { tail -20 "$OUT/sagent.log"; return 1; }
 }
@@ -92,7 +93,23 @@ t_same_request() {
 }
 check snapshot-same-request-id-one-job t_same_request
 
+# restart_after_kill WHAT : SIGKILL the snapshot agent, start it again and record in
+# $OUT/restart-times.txt how long it took until the fence was held (its D-Bus answers).
+restart_after_kill() {
+    local pid t0 t1
+    pid=$(spawned_pid sagent)
+    kill -KILL "$pid"
+    wait_for 10 spawned_exited sagent || return 1
+    t0=$(date +%s.%N)
+    spawn sagent env RUST_LOG=info "$VOLFENCED" --config "$W/snap-agent.toml" || return 1
+    wait_for 60 fence_held || return 1
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" -v w="$1" 'BEGIN{printf "restart to fence held, %s: %.2fs\n", w, b-a}' | tee -a "$OUT/restart-times.txt"
+}
+
 t_sigkill_running() {
+    # For comparison: a restart with no snapshot job to recover.
+    restart_after_kill "no job" || return 1
     spawn w-kill "$VOLFENCECTL" snapshot start r-kill "$SVG" ext || return 1
     wait_for 120 job_running r-kill || return 1
     lvs "$SVG" | grep vfsnap-r-kill
@@ -101,11 +118,7 @@ t_sigkill_running() {
     lvs --reportformat json --units b --nosuffix -a -o vg_name,lv_name,lv_attr,lv_size,origin,pool_lv,data_percent,lv_path "$SVG" > "$OUT/lvm-capture/lvs-snapshots.json"
     lvremove -q -y "$SVG/capthin" >/dev/null
     cp /proc/self/mountinfo "$OUT/lvm-capture/mountinfo.txt"
-    local pid; pid=$(spawned_pid sagent)
-    kill -KILL "$pid"
-    wait_for 10 spawned_exited sagent
-    spawn sagent env RUST_LOG=info "$VOLFENCED" --config "$W/snap-agent.toml" || return 1
-    wait_for 60 fence_held || return 1
+    restart_after_kill "a running job interrupted" || return 1
     expect_rc 0 "$VOLFENCECTL" snapshot status r-kill --json || return 1
     contains "$RUN_OUT" '"Phase": "failed"' && contains "$RUN_OUT" "agent restarted" || return 1
     no_leftovers || return 1
