@@ -66,7 +66,8 @@ fn lease_yaml(ns: &str, name: &str, holder: &str) -> String {
     )
 }
 
-fn kubectl_stdin(kc: &std::path::Path, args: &[&str], input: &str) -> String {
+/// kubectl with `input` on its standard input, whatever its exit status.
+fn kubectl_with_input(kc: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new("/usr/bin/kubectl")
         .arg("--kubeconfig")
@@ -83,7 +84,12 @@ fn kubectl_stdin(kc: &std::path::Path, args: &[&str], input: &str) -> String {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// kubectl with `input` on its standard input, which must succeed: its standard output.
+fn kubectl_stdin(kc: &std::path::Path, args: &[&str], input: &str) -> String {
+    let out = kubectl_with_input(kc, args, input);
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",
@@ -210,30 +216,18 @@ fn get_describe_label_apply_and_delete_as_a_user_does() {
         ],
         &lease_yaml(ns, "node-b", "node-b/boot-1"),
     );
-    let conflict = Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args([
+    let conflict = kubectl_with_input(
+        kc,
+        &[
             "apply",
             "--server-side",
             "--validate=false",
             "--field-manager=other",
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(lease_yaml(ns, "node-b", "node-b/boot-2").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
+        ],
+        &lease_yaml(ns, "node-b", "node-b/boot-2"),
+    );
     assert!(!conflict.status.success(), "{}", support::text(&conflict));
     assert!(
         support::text(&conflict).contains("conflict"),

@@ -3,29 +3,13 @@
 
 mod nvme_env;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use nvme_env::{target, Env, MIB};
+use nvme_env::{nsid, req, target, until, Env, MIB};
 use volfence::nvme::fake::FakeKernel;
-use volfence::nvme::options::{parse_overrides, parse_target, OptValue};
-use volfence::nvme::volumes::{
-    ConnectRequest, NvmeError, VolumeEvent, VolumeInfo, VolumeState, Volumes,
-};
-
-fn req(id: &str, t: BTreeMap<String, OptValue>, o: &[(&str, OptValue)]) -> ConnectRequest {
-    let o: BTreeMap<String, OptValue> = o.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    ConnectRequest {
-        volume_id: id.into(),
-        target: parse_target(&t).unwrap(),
-        overrides: parse_overrides(&o).unwrap(),
-    }
-}
-
-fn nsid(n: i64) -> (&'static str, OptValue) {
-    ("nsid", OptValue::Int(n))
-}
+use volfence::nvme::options::OptValue;
+use volfence::nvme::volumes::{NvmeError, VolumeEvent, VolumeInfo, VolumeState, Volumes};
 
 /// After all the agent did, `foreign` is still the subsystem's only controller, live; then it
 /// goes, so the next test starts without it.
@@ -35,17 +19,6 @@ fn foreign_was_left_alone(env: &Env, nqn: &str, foreign: &str) {
         vec![(foreign.to_string(), "live".to_string())]
     );
     env.delete_controller(foreign);
-}
-
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn io_roundtrip(env: &Env, dev: &str, offset: u64, data: &[u8]) {

@@ -4,37 +4,11 @@
 
 mod nvme_env;
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Duration;
 
-use nvme_env::{target, Env, MIB};
-use volfence::nvme::options::{parse_overrides, parse_target, OptValue};
-use volfence::nvme::volumes::{ConnectRequest, VolumeState, Volumes};
-
-fn req(id: &str, t: BTreeMap<String, OptValue>, o: &[(&str, OptValue)]) -> ConnectRequest {
-    let o: BTreeMap<String, OptValue> = o.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    ConnectRequest {
-        volume_id: id.into(),
-        target: parse_target(&t).unwrap(),
-        overrides: parse_overrides(&o).unwrap(),
-    }
-}
-
-fn nsid(n: i64) -> (&'static str, OptValue) {
-    ("nsid", OptValue::Int(n))
-}
-
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use nvme_env::{nsid, req, target, until, Env, MIB};
+use volfence::nvme::options::OptValue;
+use volfence::nvme::volumes::{VolumeState, Volumes};
 
 /// The log lines a test reads: a subscriber for this thread only (the test runs on one).
 #[derive(Clone, Default)]

@@ -538,6 +538,7 @@ impl Emulator {
                 if force && media != "application/apply-patch+yaml" {
                     return Err(ApiFail::invalid_options(
                         "force",
+                        "FieldValueForbidden",
                         "Forbidden: may not be specified for non-apply patch",
                     ));
                 }

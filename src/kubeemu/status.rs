@@ -87,13 +87,21 @@ impl ApiFail {
         )
     }
     pub fn conflict(kind: Kind, name: &str) -> ApiFail {
+        ApiFail::cannot_fulfil(
+            kind,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+    /// 409: `Operation cannot be fulfilled on <resource> "<name>": <why>`.
+    pub fn cannot_fulfil(kind: Kind, name: &str, why: &str) -> ApiFail {
         ApiFail::for_object(
             409,
             "Conflict",
             kind,
             name,
             format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
                 kind.qualified()
             ),
         )
@@ -136,14 +144,14 @@ impl ApiFail {
     }
 
     /// 422 about the request's options, not its object (`PatchOptions.meta.k8s.io "" is invalid`).
-    pub fn invalid_options(field: &str, detail: &str) -> ApiFail {
+    pub fn invalid_options(field: &str, reason: &'static str, detail: &str) -> ApiFail {
         ApiFail {
             code: 422,
             reason: "Invalid",
             message: format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
             details: Some(
                 json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
-                {"reason": "FieldValueForbidden", "message": detail, "field": field}]}),
+                {"reason": reason, "message": detail, "field": field}]}),
             ),
         }
     }

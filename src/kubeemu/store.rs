@@ -412,17 +412,16 @@ impl Shared {
         force: bool,
     ) -> Result<(Value, bool), ApiFail> {
         if w.manager.is_empty() {
-            return Err(ApiFail {
-                code: 422,
-                reason: "Invalid",
-                message: "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
-                details: Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
-                    {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
-            });
+            return Err(ApiFail::invalid_options(
+                "fieldManager",
+                "FieldValueRequired",
+                "Required value: is required for apply patch",
+            ));
         }
         let key = (kind, namespace.to_string(), name.to_string());
-        let cur = self.store.lock().unwrap().objects.get(&key).cloned();
-        let Some(cur) = cur else {
+        let mut st = self.store.lock().unwrap();
+        let Some(cur) = st.objects.get(&key).cloned() else {
+            drop(st);
             let mut obj = config.clone();
             obj["metadata"]["name"] = json!(name);
             // What an apply creates is the applier's, as an Apply.
@@ -433,42 +432,8 @@ impl Shared {
         };
         let conflicts = fields::conflicts(&cur, &config, w.manager);
         if !conflicts.is_empty() && !force {
-            let api_version = kind.api_version();
-            let printed: Vec<String> = conflicts
-                .iter()
-                .map(|(m, p)| {
-                    format!(
-                        "conflict with \"{m}\" using {api_version}: .{}",
-                        p.join(".")
-                    )
-                })
-                .collect();
-            let message = if printed.len() == 1 {
-                format!("Apply failed with 1 conflict: {}", printed[0])
-            } else {
-                format!(
-                    "Apply failed with {} conflicts: {}",
-                    printed.len(),
-                    printed.join("\n")
-                )
-            };
-            let causes: Vec<Value> = conflicts
-                .iter()
-                .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {api_version}"), "field": format!(".{}", p.join("."))}))
-                .collect();
-            return Err(ApiFail {
-                code: 409,
-                reason: "Conflict",
-                message,
-                details: Some(json!({"causes": causes})),
-            });
+            return Err(apply_conflict(kind, &conflicts));
         }
-        let mut st = self.store.lock().unwrap();
-        let cur = st
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiFail::not_found(kind, name))?;
         let mut next = cur.clone();
         let wanted = fields::leaves(&config);
         // What this manager applied before and applies no more goes, unless someone else owns it.
@@ -507,14 +472,11 @@ impl Shared {
             .ok_or_else(|| ApiFail::not_found(kind, name))?;
         let pre = &options["preconditions"];
         let precondition_failed = |what: &str, want: &str, have: &str| {
-            ApiFail::for_object(
-                409,
-                "Conflict",
+            ApiFail::cannot_fulfil(
                 kind,
                 name,
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: /registry/{}/{}{name}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}",
-                    kind.qualified(),
+                &format!(
+                    "StorageError: invalid object, Code: 4, Key: /registry/{}/{}{name}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}",
                     kind.plural(),
                     if namespace.is_empty() { String::new() } else { format!("{namespace}/") },
                 ),
@@ -650,6 +612,39 @@ impl Shared {
             "metadata": meta,
             "items": items,
         }))
+    }
+}
+
+/// 409 for an apply that would change fields other managers own, in the server's words.
+fn apply_conflict(kind: Kind, conflicts: &[(String, fields::Path)]) -> ApiFail {
+    let api_version = kind.api_version();
+    let printed: Vec<String> = conflicts
+        .iter()
+        .map(|(m, p)| {
+            format!(
+                "conflict with \"{m}\" using {api_version}: .{}",
+                p.join(".")
+            )
+        })
+        .collect();
+    let message = if printed.len() == 1 {
+        format!("Apply failed with 1 conflict: {}", printed[0])
+    } else {
+        format!(
+            "Apply failed with {} conflicts: {}",
+            printed.len(),
+            printed.join("\n")
+        )
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {api_version}"), "field": format!(".{}", p.join("."))}))
+        .collect();
+    ApiFail {
+        code: 409,
+        reason: "Conflict",
+        message,
+        details: Some(json!({"causes": causes})),
     }
 }
 

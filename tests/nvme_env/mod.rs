@@ -3,6 +3,7 @@
 //! made through configfs. The test bodies are the same for both.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use volfence::host::Host;
 use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::identity;
 use volfence::nvme::kernel::{Fabrics, KernelFabrics, Uevent};
-use volfence::nvme::options::{HostIdentity, OptValue};
-use volfence::nvme::volumes::Volumes;
+use volfence::nvme::options::{parse_overrides, parse_target, HostIdentity, OptValue};
+use volfence::nvme::volumes::{ConnectRequest, Volumes};
 
 pub const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub const MIB: u64 = 1 << 20;
@@ -346,4 +347,31 @@ pub fn target(
     );
     m.insert(sel.0.into(), sel.1);
     m
+}
+
+/// A Connect request for volume `id`: target options `t`, overrides `o`.
+pub fn req(id: &str, t: BTreeMap<String, OptValue>, o: &[(&str, OptValue)]) -> ConnectRequest {
+    let o: BTreeMap<String, OptValue> = o.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    ConnectRequest {
+        volume_id: id.into(),
+        target: parse_target(&t).unwrap(),
+        overrides: parse_overrides(&o).unwrap(),
+    }
+}
+
+/// A namespace selector by nsid.
+pub fn nsid(n: i64) -> (&'static str, OptValue) {
+    ("nsid", OptValue::Int(n))
+}
+
+/// Polls `f` every 50 ms until it holds; fails the test after `secs`.
+pub async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
