@@ -268,7 +268,8 @@ auth_boot() {
     rc=$?
     rm -f "$DISK"
     phase "vm (auth boot)"
-    tr -d '\r' < "$out/console.log" | grep -E '^(PASS|FAIL|guest:) ' | sed 's/^/[host] auth boot: /'
+    # a failed check's last lines too: CI shows this output, not the logs under $out
+    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] auth boot: /'
     s=$(boot_summary "$out/console.log" "$rc")
     echo "[host] auth boot ($AUTH_KIMG): vng exit code $rc; $s (details: $out/guest-detail.log)"
     AUTH_SUMMARY=$s
