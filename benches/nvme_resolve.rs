@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use volfence::config::Settings;
 use volfence::host::Host;
 use volfence::nvme::fake::FakeKernel;
-use volfence::nvme::kernel::{event_channel, Fabrics};
+use volfence::nvme::kernel::event_channel;
 use volfence::nvme::options::{HostIdentity, Selector};
 use volfence::nvme::volumes::Volumes;
 
@@ -41,7 +41,7 @@ fn main() {
             .map(|k| FakeKernel::namespace(&n, k, 1 << 30))
             .collect();
         fake.add_target(&n, &[(local, 4420)], ns);
-        fake.connect(&format!(
+        fake.connect_foreign(&format!(
             "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn={n},hostnqn={},hostid={}",
             id.hostnqn, id.hostid
         ))

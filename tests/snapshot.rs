@@ -434,10 +434,10 @@ fn restart_while_running_fails_the_job_and_leaks_nothing() {
     // the agent makes them (its lvcreate, with its tag).
     let size = volfence::lvm::SnapSize::parse("8M").unwrap();
     let orphan = volfence::lvm::lvcreate_snapshot_argv("vg0", "thin", "vfsnap-orphan", Some(&size));
-    let _ = volfence::lvm::LvmRunner::run(&*r.lvm, &orphan);
+    let _ = r.lvm.run_tool("lvcreate", &orphan);
     let orphan_thick =
         volfence::lvm::lvcreate_snapshot_argv("vg0", "xfs", "vfsnap-orphan2", Some(&size));
-    volfence::lvm::LvmRunner::run(&*r.lvm, &orphan_thick).unwrap();
+    r.lvm.run_tool("lvcreate", &orphan_thick).unwrap();
     let mp = volfence::snapshot::mount::make_mount_point(
         &r.host.path("/run/volfence/snapshots"),
         "vfsnap-orphan2",
@@ -445,6 +445,7 @@ fn restart_while_running_fails_the_job_and_leaks_nothing() {
     .unwrap();
     volfence::snapshot::mount::Mounter::mount_ro(
         &*r.mounter,
+        &r.fence.guard().unwrap(),
         &r.host.path("/dev/vg0/vfsnap-orphan2"),
         &mp,
         Fs::Xfs,
@@ -819,6 +820,7 @@ async fn recovery_sets_aside_records_the_agent_did_not_write() {
     std::fs::create_dir_all(&outside).unwrap();
     volfence::snapshot::mount::Mounter::mount_ro(
         &*r.mounter,
+        &r.fence.guard().unwrap(),
         &r.host.path("/dev/vg0/xfs"),
         &outside,
         Fs::Xfs,

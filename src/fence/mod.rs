@@ -1,6 +1,8 @@
 //! The fence: a per-host lease whose validity is tracked on the monotonic clock only, and the
 //! [`FenceGuard`] every device operation must hold. Nothing outside this module can make a guard,
-//! so "touch a device without the fence" does not compile.
+//! and the kernel seam's calls that give access to a device take one (`Fabrics::connect`,
+//! `LvmRunner::lvcreate`, `Mounter::mount_ro`; teardown is on the `*Teardown` traits), so "touch
+//! a device without the fence" does not compile.
 //!
 //! Timing (D = lease duration, R = renew interval, M = safety margin): after a successful renew the
 //! lease is valid until `instant the request was sent + D − M`. A renew that fails, times out or is

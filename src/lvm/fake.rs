@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{CmdOutput, LvmRunner};
+use super::{CmdOutput, LvmRunner, LvmTeardown};
+use crate::fence::FenceGuard;
 use crate::host::Host;
-use crate::snapshot::mount::{Fs, Mounter, MOUNTINFO};
+use crate::snapshot::mount::{Fs, MountTeardown, Mounter, MOUNTINFO};
 
 #[derive(Debug, Clone)]
 struct Lv {
@@ -171,7 +172,27 @@ impl FakeLvm {
 }
 
 impl LvmRunner for FakeLvm {
-    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+    fn lvs(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        self.run_tool("lvs", argv)
+    }
+    fn lvcreate(&self, _guard: &FenceGuard, argv: &[String]) -> std::io::Result<CmdOutput> {
+        self.run_tool("lvcreate", argv)
+    }
+}
+
+impl LvmTeardown for FakeLvm {
+    fn lvremove(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        self.run_tool("lvremove", argv)
+    }
+}
+
+impl FakeLvm {
+    /// What the tool would do. Fixtures call it directly for what another process (or an older
+    /// agent) did; the agent reaches it only through the traits.
+    pub fn run_tool(&self, tool: &str, argv: &[String]) -> std::io::Result<CmdOutput> {
+        if argv.first().map(String::as_str) != Some(tool) {
+            return fail(127, format!("fake lvm: {argv:?} is not a {tool} command"));
+        }
         self.calls.lock().unwrap().push(argv.to_vec());
         let arg = |flag: &str| {
             argv.iter()
@@ -291,7 +312,13 @@ impl FakeMounter {
 }
 
 impl Mounter for FakeMounter {
-    fn mount_ro(&self, dev: &Path, target: &Path, fs: Fs) -> std::io::Result<()> {
+    fn mount_ro(
+        &self,
+        _guard: &FenceGuard,
+        dev: &Path,
+        target: &Path,
+        fs: Fs,
+    ) -> std::io::Result<()> {
         let files = read_files(dev)?;
         for (name, content) in &files {
             let p = target.join(name);
@@ -316,7 +343,9 @@ impl Mounter for FakeMounter {
         text.push_str(&line);
         std::fs::write(&mi, text)
     }
+}
 
+impl MountTeardown for FakeMounter {
     fn umount(&self, target: &Path, lazy: bool) -> std::io::Result<()> {
         let t = self.host_path(target);
         if !lazy && self.busy.lock().unwrap().contains(&t) {

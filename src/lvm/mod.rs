@@ -1,10 +1,13 @@
 //! LVM through its own tools (`lvs`, `lvcreate`, `lvremove`), run with an argument vector and
-//! JSON reports. Parsers are pure; running is behind [`LvmRunner`] so tests replay real output.
+//! JSON reports. Parsers are pure; running is behind [`LvmRunner`] (reads, and `lvcreate` with the fence's
+//! guard) and [`LvmTeardown`] (`lvremove`), so tests replay real output.
 
 use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
+
+use crate::fence::FenceGuard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LvmError {
@@ -50,17 +53,51 @@ pub struct CmdOutput {
     pub stderr: String,
 }
 
-/// Runs an LVM command (blocking). The real one is [`SystemLvm`].
+/// LVM's tools that read or add, each called by its name so that one cannot be run through
+/// another (blocking). `lvcreate` adds a device and takes the fence's guard. The real one is
+/// [`SystemLvm`]; `argv[0]` is the tool's name.
+///
+/// ```compile_fail
+/// use volfence::lvm::LvmRunner;
+/// fn snapshot_unfenced(lvm: &dyn LvmRunner, argv: &[String]) {
+///     let _ = lvm.lvcreate(argv);
+/// }
+/// ```
+/// With the guard it compiles:
+/// ```
+/// use volfence::{fence::FenceGuard, lvm::LvmRunner};
+/// fn snapshot_fenced(lvm: &dyn LvmRunner, guard: &FenceGuard, argv: &[String]) {
+///     let _ = lvm.lvcreate(guard, argv);
+/// }
+/// ```
 pub trait LvmRunner: Send + Sync {
-    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput>;
+    /// `lvs`: reads only.
+    fn lvs(&self, argv: &[String]) -> std::io::Result<CmdOutput>;
+    /// `lvcreate`: only with the lease held.
+    fn lvcreate(&self, guard: &FenceGuard, argv: &[String]) -> std::io::Result<CmdOutput>;
 }
+
+/// `lvremove`: teardown, which must work without the lease (a fenced host still cleans up).
+pub trait LvmTeardown: Send + Sync {
+    fn lvremove(&self, argv: &[String]) -> std::io::Result<CmdOutput>;
+}
+
+/// Both sides, as [`Lvm`] holds them.
+pub trait LvmTools: LvmRunner + LvmTeardown {}
+impl<T: LvmRunner + LvmTeardown> LvmTools for T {}
 
 /// Runs the real tools from PATH, no shell.
 pub struct SystemLvm;
 
-impl LvmRunner for SystemLvm {
-    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
-        let out = std::process::Command::new(&argv[0])
+impl SystemLvm {
+    fn exec(tool: &str, argv: &[String]) -> std::io::Result<CmdOutput> {
+        if argv.first().map(String::as_str) != Some(tool) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{argv:?}: expected a {tool} command"),
+            ));
+        }
+        let out = std::process::Command::new(tool)
             .args(&argv[1..])
             // The agent's own fds (D-Bus, sockets) are not LVM's business.
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
@@ -71,6 +108,21 @@ impl LvmRunner for SystemLvm {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+}
+
+impl LvmRunner for SystemLvm {
+    fn lvs(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        SystemLvm::exec("lvs", argv)
+    }
+    fn lvcreate(&self, _guard: &FenceGuard, argv: &[String]) -> std::io::Result<CmdOutput> {
+        SystemLvm::exec("lvcreate", argv)
+    }
+}
+
+impl LvmTeardown for SystemLvm {
+    fn lvremove(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        SystemLvm::exec("lvremove", argv)
     }
 }
 
@@ -309,20 +361,23 @@ pub fn lvremove_argv(vg: &str, lv: &str) -> Vec<String> {
     ]
 }
 
-/// Typed calls over a runner.
+/// Typed calls over the tools.
 #[derive(Clone)]
 pub struct Lvm {
-    runner: Arc<dyn LvmRunner>,
+    tools: Arc<dyn LvmTools>,
 }
 
 impl Lvm {
-    pub fn new(runner: Arc<dyn LvmRunner>) -> Lvm {
-        Lvm { runner }
+    pub fn new(tools: Arc<dyn LvmTools>) -> Lvm {
+        Lvm { tools }
     }
 
-    fn run(&self, argv: Vec<String>) -> Result<CmdOutput, LvmError> {
+    fn check(
+        argv: Vec<String>,
+        run: impl FnOnce(&[String]) -> std::io::Result<CmdOutput>,
+    ) -> Result<CmdOutput, LvmError> {
         let cmd = argv.join(" ");
-        let out = self.runner.run(&argv).map_err(|source| LvmError::Spawn {
+        let out = run(&argv).map_err(|source| LvmError::Spawn {
             cmd: cmd.clone(),
             source,
         })?;
@@ -340,7 +395,7 @@ impl Lvm {
     pub fn list(&self, vg: Option<&str>) -> Result<Vec<LvInfo>, LvmError> {
         let argv = lvs_argv(vg);
         let cmd = argv.join(" ");
-        let out = self.run(argv)?;
+        let out = Lvm::check(argv, |a| self.tools.lvs(a))?;
         parse_lvs(&out.stdout).map_err(|why| LvmError::Parse { cmd, why })
     }
 
@@ -363,18 +418,21 @@ impl Lvm {
 
     pub fn create_snapshot(
         &self,
+        guard: &FenceGuard,
         vg: &str,
         origin: &str,
         name: &str,
         size: Option<&SnapSize>,
     ) -> Result<(), LvmError> {
         validate_name("LV name", name)?;
-        self.run(lvcreate_snapshot_argv(vg, origin, name, size))
-            .map(|_| ())
+        Lvm::check(lvcreate_snapshot_argv(vg, origin, name, size), |a| {
+            self.tools.lvcreate(guard, a)
+        })
+        .map(|_| ())
     }
 
     pub fn remove(&self, vg: &str, lv: &str) -> Result<(), LvmError> {
-        self.run(lvremove_argv(vg, lv)).map(|_| ())
+        Lvm::check(lvremove_argv(vg, lv), |a| self.tools.lvremove(a)).map(|_| ())
     }
 }
 

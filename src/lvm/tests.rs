@@ -163,14 +163,31 @@ fn captured_report_parses() {
 
 /// Replays LVM's own outputs through the runner: the missing VG is LVM's exit 5 and message.
 struct Replay(Vec<(Vec<String>, CmdOutput)>);
-impl LvmRunner for Replay {
-    fn run(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+impl Replay {
+    fn replay(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
         Ok(self
             .0
             .iter()
             .find(|(k, _)| k.as_slice() == argv)
             .map(|(_, o)| o.clone())
             .expect("an expected command"))
+    }
+}
+impl LvmRunner for Replay {
+    fn lvs(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        self.replay(argv)
+    }
+    fn lvcreate(
+        &self,
+        _: &crate::fence::FenceGuard,
+        argv: &[String],
+    ) -> std::io::Result<CmdOutput> {
+        self.replay(argv)
+    }
+}
+impl LvmTeardown for Replay {
+    fn lvremove(&self, argv: &[String]) -> std::io::Result<CmdOutput> {
+        self.replay(argv)
     }
 }
 
@@ -223,7 +240,7 @@ fn the_fake_prints_what_lvm_prints() {
         crate::snapshot::mount::Fs::Ext4,
         &[],
     );
-    let out = fake.run(&lvs_argv(Some("vgsnap"))).unwrap();
+    let out = fake.lvs(&lvs_argv(Some("vgsnap"))).unwrap();
     let real_line = ORIGINS
         .lines()
         .find(|l| l.contains("\"lv_name\":\"ext\""))
@@ -237,7 +254,7 @@ fn the_fake_prints_what_lvm_prints() {
         parse_lvs(&out.stdout).unwrap(),
         vec![parse_lvs(ORIGINS).unwrap()[0].clone()]
     );
-    let miss = fake.run(&lvs_argv(Some("novg"))).unwrap();
+    let miss = fake.lvs(&lvs_argv(Some("novg"))).unwrap();
     assert_eq!((miss.code, miss.stderr.as_str()), (5, NO_VG_STDERR));
 }
 

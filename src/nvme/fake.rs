@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::kernel::{Fabrics, Uevent};
+use super::kernel::{Fabrics, FabricsTeardown, Uevent};
+use crate::fence::FenceGuard;
 use super::sysfs::{parse_kv, BY_ID, CLASS_NVME, CLASS_SUBSYS};
 use crate::host::Host;
 
@@ -512,7 +513,15 @@ fn dir_exists_for(host: &Host, block: &str) -> bool {
 }
 
 impl Fabrics for FakeKernel {
-    fn connect(&self, options: &str) -> std::io::Result<String> {
+    fn connect(&self, _guard: &FenceGuard, options: &str) -> std::io::Result<String> {
+        self.connect_foreign(options)
+    }
+}
+
+impl FakeKernel {
+    /// A connect made outside the agent (`nvme connect` by someone else), for fixtures: the
+    /// kernel does the same as for the agent's, which alone needs the fence.
+    pub fn connect_foreign(&self, options: &str) -> std::io::Result<String> {
         // nvmf_parse_options: comma-separated, flags without '=', unknown options rejected.
         const FLAGS: &[&str] = &[
             "duplicate_connect",
@@ -722,7 +731,9 @@ impl Fabrics for FakeKernel {
         }
         Ok(format!("instance={i},cntlid={cntlid}\n"))
     }
+}
 
+impl FabricsTeardown for FakeKernel {
     fn delete_controller(&self, name: &str) -> std::io::Result<()> {
         let i = super::sysfs::parse_ctrl_name(name).ok_or_else(|| einval(name))?;
         self.remove_ctrl(i)

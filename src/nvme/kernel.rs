@@ -7,17 +7,42 @@ use std::os::fd::AsFd;
 use tokio::sync::broadcast;
 
 use super::sysfs::{CLASS_NVME, FABRICS_DEV};
+use crate::fence::FenceGuard;
 use crate::host::Host;
 
-/// Blocking calls into the kernel's NVMe-oF host driver. Run them on a blocking thread.
+/// Blocking calls into the kernel's NVMe-oF host driver that give this host access to a device:
+/// they take the fence's guard, so code without the lease cannot even name them. Run them on a
+/// blocking thread.
+///
+/// ```compile_fail
+/// use volfence::nvme::kernel::Fabrics;
+/// fn connect_unfenced(fabrics: &dyn Fabrics) {
+///     let _ = fabrics.connect("transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=nqn.2014-08.org.example:v");
+/// }
+/// ```
+/// With the guard it compiles:
+/// ```
+/// use volfence::{fence::FenceGuard, nvme::kernel::Fabrics};
+/// fn connect_fenced(fabrics: &dyn Fabrics, guard: &FenceGuard) {
+///     let _ = fabrics.connect(guard, "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn=nqn.2014-08.org.example:v");
+/// }
+/// ```
 pub trait Fabrics: Send + Sync {
     /// Writes `options` to `/dev/nvme-fabrics` and reads the reply (`instance=N,cntlid=M`) from
     /// the same open file, as the kernel requires.
-    fn connect(&self, options: &str) -> std::io::Result<String>;
+    fn connect(&self, guard: &FenceGuard, options: &str) -> std::io::Result<String>;
+}
+
+/// Teardown, which must work without the lease: a fenced host still removes its controllers.
+pub trait FabricsTeardown: Send + Sync {
     /// `echo 1 > /sys/class/nvme/<name>/delete_controller`; returns once the kernel has torn
     /// the controller down.
     fn delete_controller(&self, name: &str) -> std::io::Result<()>;
 }
+
+/// Both sides of the fabrics seam, as the volume manager holds them.
+pub trait NvmeFabrics: Fabrics + FabricsTeardown {}
+impl<T: Fabrics + FabricsTeardown> NvmeFabrics for T {}
 
 /// The real kernel, reached through the host root.
 pub struct KernelFabrics {
@@ -31,7 +56,7 @@ impl KernelFabrics {
 }
 
 impl Fabrics for KernelFabrics {
-    fn connect(&self, options: &str) -> std::io::Result<String> {
+    fn connect(&self, _guard: &FenceGuard, options: &str) -> std::io::Result<String> {
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -42,7 +67,9 @@ impl Fabrics for KernelFabrics {
         f.read_to_string(&mut reply)?;
         Ok(reply)
     }
+}
 
+impl FabricsTeardown for KernelFabrics {
     fn delete_controller(&self, name: &str) -> std::io::Result<()> {
         let path = self
             .host

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::kernel::{Fabrics, LinkWaiter, LinkWatch, Uevent};
+use super::kernel::{LinkWaiter, LinkWatch, NvmeFabrics, Uevent};
 use super::options::{
     validate_volume_id, ConnectArgs, ControllerKey, HostIdentity, OptionsError, Overrides,
     PathAddr, Selector, Target,
@@ -211,7 +211,7 @@ pub enum VolumeEvent {
 
 struct Inner {
     host: Host,
-    fabrics: Arc<dyn Fabrics>,
+    fabrics: Arc<dyn NvmeFabrics>,
     events: broadcast::Sender<Uevent>,
     identity: HostIdentity,
     defaults: NvmeSettings,
@@ -328,7 +328,7 @@ impl Volumes {
     /// The manager over `fabrics` and the udev `events` channel (subscribe-able before any wait).
     pub fn new(
         host: Host,
-        fabrics: Arc<dyn Fabrics>,
+        fabrics: Arc<dyn NvmeFabrics>,
         events: broadcast::Sender<Uevent>,
         identity: HostIdentity,
         defaults: NvmeSettings,
@@ -1222,7 +1222,7 @@ impl Volumes {
             progress.joined |= head_exists(&topo, &record.target);
             progress.pending.settle().await?;
             laps.lap("record");
-            guard.refresh()?;
+            let fresh = guard.refresh()?;
             let (f, line) = (self.inner.fabrics.clone(), a.to_string());
             tracing::debug!(
                 VOLUME = id.as_str(),
@@ -1233,7 +1233,7 @@ impl Volumes {
             // the caller stops waiting, and a controller made after a connect gave up would be
             // nobody's, live on a fenced host. The fence is checked once the reply names it, and
             // the rollback deletes it.
-            let reply = tokio::task::spawn_blocking(move || f.connect(&line))
+            let reply = tokio::task::spawn_blocking(move || f.connect(&fresh, &line))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             let reply = reply.map_err(|source| {

@@ -23,7 +23,7 @@ mod recovered;
 
 use executor::ExecOutcome;
 use job::{Job, Phase};
-use mount::{MountError, Mounter};
+use mount::{MountError, MountSyscalls};
 
 /// How often a thick snapshot's COW use is read while the executor runs (LVM has no event
 /// for it; dmeventd itself polls).
@@ -158,7 +158,7 @@ struct Entry {
 struct Inner {
     host: Host,
     lvm: Lvm,
-    mounter: Arc<dyn Mounter>,
+    mounter: Arc<dyn MountSyscalls>,
     settings: SnapshotSettings,
     dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Entry>>,
@@ -189,7 +189,7 @@ impl Snapshots {
     pub fn new(
         host: Host,
         lvm: Lvm,
-        mounter: Arc<dyn Mounter>,
+        mounter: Arc<dyn MountSyscalls>,
         settings: SnapshotSettings,
         state_dir: &Path,
         fence: Fence,
@@ -543,7 +543,7 @@ impl Snapshots {
         cancel: &CancellationToken,
     ) -> Result<String, String> {
         let id = job.request_id.as_str();
-        guard.refresh().map_err(|e| e.to_string())?;
+        let fresh = guard.refresh().map_err(|e| e.to_string())?;
         let t = Instant::now();
         let size = job
             .size
@@ -554,7 +554,7 @@ impl Snapshots {
         let (vg, lv, snap) = (job.vg.clone(), job.lv.clone(), job.snapshot.clone());
         // Recorded before lvcreate: a crash in between leaves a record that points at it.
         self.update(id, |j| j.resources.snapshot_lv = true);
-        self.blocking(move |l| l.create_snapshot(&vg, &lv, &snap, size.as_ref()))
+        self.blocking(move |l| l.create_snapshot(&fresh, &vg, &lv, &snap, size.as_ref()))
             .await
             .map_err(|e| e.to_string())?;
         self.observe_step("create", t);
@@ -564,7 +564,7 @@ impl Snapshots {
             .await
             .map_err(|e| e.to_string())?;
 
-        guard.refresh().map_err(|e| e.to_string())?;
+        let fresh = guard.refresh().map_err(|e| e.to_string())?;
         let t = Instant::now();
         self.update(id, |j| j.message = "mounting".into());
         let fs = mount::probe(&self.inner.host, &info.path).map_err(|e| e.to_string())?;
@@ -576,7 +576,7 @@ impl Snapshots {
             self.inner.host.path(&info.path),
             target.clone(),
         );
-        tokio::task::spawn_blocking(move || m.mount_ro(&dev, &tgt, fs))
+        tokio::task::spawn_blocking(move || m.mount_ro(&fresh, &dev, &tgt, fs))
             .await
             .expect("mount task")
             .map_err(|e| {

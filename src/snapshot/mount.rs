@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::fence::FenceGuard;
 use crate::host::Host;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,17 +148,54 @@ pub fn mounts(host: &Host) -> Vec<MountEntry> {
         .unwrap_or_default()
 }
 
-/// `mount(2)`/`umount2(2)`: what a file cannot imitate.
+/// `mount(2)`: what a file cannot imitate. Mounting exposes a device, so it takes the fence's
+/// guard.
+///
+/// ```compile_fail
+/// use std::path::Path;
+/// use volfence::snapshot::mount::{Fs, Mounter};
+/// fn mount_unfenced(m: &dyn Mounter) {
+///     let _ = m.mount_ro(Path::new("/dev/vg/snap"), Path::new("/run/s"), Fs::Ext4);
+/// }
+/// ```
+/// With the guard it compiles:
+/// ```
+/// use std::path::Path;
+/// use volfence::{fence::FenceGuard, snapshot::mount::{Fs, Mounter}};
+/// fn mount_fenced(m: &dyn Mounter, guard: &FenceGuard) {
+///     let _ = m.mount_ro(guard, Path::new("/dev/vg/snap"), Path::new("/run/s"), Fs::Ext4);
+/// }
+/// ```
 pub trait Mounter: Send + Sync {
-    fn mount_ro(&self, dev: &Path, target: &Path, fs: Fs) -> std::io::Result<()>;
+    fn mount_ro(
+        &self,
+        guard: &FenceGuard,
+        dev: &Path,
+        target: &Path,
+        fs: Fs,
+    ) -> std::io::Result<()>;
+}
+
+/// `umount2(2)`: teardown, which must work without the lease.
+pub trait MountTeardown: Send + Sync {
     fn umount(&self, target: &Path, lazy: bool) -> std::io::Result<()>;
 }
+
+/// Both sides, as the snapshot manager holds them.
+pub trait MountSyscalls: Mounter + MountTeardown {}
+impl<T: Mounter + MountTeardown> MountSyscalls for T {}
 
 /// The kernel's mount, in the agent's (the host's) mount namespace.
 pub struct SystemMounter;
 
 impl Mounter for SystemMounter {
-    fn mount_ro(&self, dev: &Path, target: &Path, fs: Fs) -> std::io::Result<()> {
+    fn mount_ro(
+        &self,
+        _guard: &FenceGuard,
+        dev: &Path,
+        target: &Path,
+        fs: Fs,
+    ) -> std::io::Result<()> {
         use nix::mount::{mount, MsFlags};
         mount(
             Some(dev),
@@ -168,6 +206,9 @@ impl Mounter for SystemMounter {
         )
         .map_err(std::io::Error::from)
     }
+}
+
+impl MountTeardown for SystemMounter {
     fn umount(&self, target: &Path, lazy: bool) -> std::io::Result<()> {
         use nix::mount::{umount2, MntFlags};
         let flags = if lazy {

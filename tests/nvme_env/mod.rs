@@ -17,7 +17,7 @@ use volfence::fence::{Fence, FenceGuard, FenceLoop, Holder, LogOnlyLoss, Timing}
 use volfence::host::Host;
 use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::identity;
-use volfence::nvme::kernel::{Fabrics, KernelFabrics, Uevent};
+use volfence::nvme::kernel::{KernelFabrics, NvmeFabrics, Uevent};
 use volfence::nvme::options::{parse_overrides, parse_target, HostIdentity, OptValue};
 use volfence::nvme::volumes::{ConnectRequest, Volumes};
 
@@ -49,7 +49,7 @@ fn wr(p: impl AsRef<std::path::Path>, v: &str) {
 
 pub struct Env {
     pub host: Host,
-    pub fabrics: Arc<dyn Fabrics>,
+    pub fabrics: Arc<dyn NvmeFabrics>,
     pub events: broadcast::Sender<Uevent>,
     pub identity: HostIdentity,
     pub settings: Settings,
@@ -72,7 +72,7 @@ impl Env {
         let state = tempfile::tempdir().unwrap();
         let (host, fabrics, identity, target, root): (
             Host,
-            Arc<dyn Fabrics>,
+            Arc<dyn NvmeFabrics>,
             HostIdentity,
             TargetCtl,
             _,
@@ -243,7 +243,7 @@ impl Env {
             "transport=tcp,traddr=127.0.0.1,trsvcid={port},nqn={nqn},hostnqn={},hostid={}",
             self.identity.hostnqn, self.identity.hostid
         );
-        let reply = self.fabrics.connect(&line).expect("foreign connect");
+        let reply = self.fabrics.connect(&self.guard(), &line).expect("foreign connect");
         let i = reply
             .trim()
             .split(',')
