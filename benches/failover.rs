@@ -3,8 +3,9 @@
 //! 1. Failover, in the simulation under tokio's paused clock (so the figures are exact for the
 //!    protocol, independent of this machine's load): D = 10 s, R = 2.5 s, M = 2 s, per-client
 //!    one-way latency 1–20 ms. The holder is partitioned at a random phase of its renew cycle;
-//!    we measure the time until the observer may take over (watch says expired, consistent read
-//!    confirms) and the margin by which the holder had already fenced itself.
+//!    we measure the time until the observer has taken the holder's volume claim over through
+//!    the product's takeover protocol (watch says expired, claim read, consistent read confirms,
+//!    claim swapped) and the margin by which the holder had already fenced itself.
 //!    Goals: failover ≤ D + 1 s, margin ≥ M − 0.2 s (median and worst of the trials).
 //! 2. Steady-state API cost, for real: the agent's lease code through the `kube` client against
 //!    the API emulator for 60 s at the defaults; requests per minute by verb.
@@ -15,8 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
-use volfence::fence::lease::{KubeLease, LeaseApi};
-use volfence::fence::observer::Verdict;
+use volfence::fence::lease::KubeLease;
+use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::sim::{Net, SimServer};
 use volfence::fence::{FenceLoop, FenceState, Holder, LogOnlyLoss, Timing};
 
@@ -36,6 +37,7 @@ fn lcg(seed: &mut u64) -> u64 {
 /// One trial: (failover time, margin).
 async fn trial(mut seed: u64) -> (Duration, Duration) {
     let server = SimServer::new(T.lease_duration, Duration::ZERO);
+    server.set_claim("vol-x", "x");
     let lat = |s: &mut u64| Duration::from_millis(1 + lcg(s) % 20);
     let x_api = server.client(
         "x",
@@ -83,12 +85,11 @@ async fn trial(mut seed: u64) -> (Duration, Duration) {
     let x_valid_until = fences[0].status().valid_until.expect("held");
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if !matches!(y_api.verdict("x"), Verdict::Expired { .. }) {
+        let Ok(guard) = fences[1].guard() else {
             continue;
-        }
-        let seen = y_api.cached("x").unwrap();
-        match y_api.get("x").await {
-            Ok(Some(now)) if now.resource_version == seen.resource_version => {}
+        };
+        match take_over(&y_api, &guard, "vol-x", "x", "y").await {
+            Ok(Takeover::Taken(_)) => {}
             _ => continue,
         }
         let t = Instant::now();

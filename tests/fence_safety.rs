@@ -1,10 +1,11 @@
 //! Randomized safety simulation of the fence protocol.
 //!
-//! Three hosts run the real `FenceLoop` and `KubeLease` code against the simulated API server
-//! under tokio's paused clock. Each host initially owns one role (its volumes). A host takes over
-//! another host's role only as the protocol allows: its own guard is valid, its observer says the
-//! other host's lease has not changed for D (+ grace), a consistent read confirms that, and a
-//! compare-and-swap moves the role. Random partitions, latency spikes, freezes (SIGSTOP), agent
+//! Three hosts run the real `FenceLoop`, `KubeLease` and takeover (`fence::takeover::take_over`)
+//! code against the simulated API server under tokio's paused clock. Each host initially owns one
+//! role (its volumes). A host takes over another host's role only through the product's protocol:
+//! its own guard is valid, its observer says the other host's lease has not changed for D
+//! (+ grace), a consistent read made after the claim was read confirms that, and a
+//! compare-and-swap on the claim's version moves the role. Random partitions, latency spikes, freezes (SIGSTOP), agent
 //! restarts and reboots are injected.
 //!
 //! Property: at no instant do two hosts hold a valid guard for the same role (a host "holds"
@@ -21,8 +22,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
-use volfence::fence::lease::{KubeLease, LeaseApi};
-use volfence::fence::observer::Verdict;
+use volfence::fence::lease::KubeLease;
+use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::sim::{Net, SimApi, SimServer};
 use volfence::fence::{Fence, FenceLoop, Holder, LogOnlyLoss, Timing};
 
@@ -172,37 +173,14 @@ fn start_agent(
                     continue;
                 }
                 let victim = node(x);
-                if !matches!(a.verdict(&victim), Verdict::Expired { .. }) {
-                    continue;
-                }
-                // Move every role the victim owns: read the claim, THEN confirm the victim's
-                // silence with a consistent read, then compare-and-swap on the claim's version.
-                // (Confirming first would let a decision delayed by a freeze land on a claim the
-                // victim re-took in a newer holding.)
+                // Move every role the victim owns, by the product's takeover protocol.
                 for k in 0..HOSTS {
                     let rl = role(k);
-                    let version = match a.read_claim(&rl).await {
-                        Ok(Some((o, v))) if o == victim => v,
+                    let g = match take_over(&a, &guard, &rl, &victim, &node(i)).await {
+                        Ok(Takeover::Taken(g)) => g,
                         _ => continue,
                     };
-                    let Some(seen) = a.cached(&victim) else {
-                        continue;
-                    };
-                    match a.get(&victim).await {
-                        Ok(Some(now)) if now.resource_version == seen.resource_version => {}
-                        _ => continue,
-                    }
-                    if !matches!(a.verdict(&victim), Verdict::Expired { .. }) {
-                        continue;
-                    }
-                    if a.take_claim(&rl, version, &node(i)).await.is_err() {
-                        continue;
-                    }
                     let now = Instant::now();
-                    let Ok(g) = f.guard() else { continue };
-                    if g.epoch() != guard.epoch() {
-                        continue;
-                    }
                     r.lock().unwrap().insert(rl.clone(), g.epoch());
                     trace(|| {
                         format!(

@@ -173,8 +173,7 @@ impl KubeLeases {
         (leases, drive)
     }
 
-    /// A consistent read (GET) of one lease, also recorded by the observer.
-    pub async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+    async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
         match self.api.get_opt(name).await {
             Ok(Some(l)) => {
                 let rec = record(&l);
@@ -270,6 +269,10 @@ impl LeaseApi for KubeLeases {
         self.store
             .get(&ObjectRef::new(name).within(&self.namespace))
             .map(|l| record(&l))
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+        self.get(name).await
     }
 
     fn verdict(&self, name: &str) -> Verdict {

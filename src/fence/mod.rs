@@ -25,6 +25,7 @@ pub mod observer;
 pub mod record;
 pub mod sim;
 pub mod standalone;
+pub mod takeover;
 pub mod watchdog;
 
 /// What the fence is doing, as shown on D-Bus (`FenceState`) and in metrics.

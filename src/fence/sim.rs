@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::lease::{ApiError, LeaseApi, LeaseRecord};
 use super::observer::{Observer, Verdict};
+use super::takeover::{ClaimApi, ClaimRead};
 
 /// Network conditions of one client; change them at any time.
 #[derive(Debug, Clone, Default)]
@@ -287,8 +288,7 @@ impl SimApi {
         Ok(out)
     }
 
-    /// A consistent read of one lease (a GET): brings the observer up to date.
-    pub async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+    async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
         let n = name.to_string();
         let rec = self
             .call(move |st| Ok((st.leases.get(&n).cloned(), None)))
@@ -298,20 +298,34 @@ impl SimApi {
         }
         Ok(rec)
     }
+}
 
-    /// Compare-and-swap of a role's owner on the claim's resourceVersion (the simulation's
-    /// stand-in for a volume claim object). A decision delayed by a freeze or a slow network
-    /// fails here if the claim changed since it was read.
-    pub async fn take_claim(
+/// Roles stand in for volume claims: a holder and a version on the global sequence.
+impl ClaimApi for SimApi {
+    async fn read_claim(&self, role: &str) -> Result<Option<ClaimRead>, ApiError> {
+        let role = role.to_string();
+        let c = self
+            .call(move |st| Ok((st.claims.get(&role).cloned(), None)))
+            .await?;
+        Ok(c.map(|(holder, v)| ClaimRead {
+            holder,
+            version: v.to_string(),
+        }))
+    }
+
+    /// A decision delayed by a freeze or a slow network fails here if the claim changed since
+    /// it was read.
+    async fn swap_claim(
         &self,
         role: &str,
-        expected_version: u64,
-        new_owner: &str,
+        expected_version: &str,
+        new_holder: &str,
     ) -> Result<(), ApiError> {
-        let (role, new) = (role.to_string(), new_owner.to_string());
+        let (role, new) = (role.to_string(), new_holder.to_string());
+        let expected = expected_version.to_string();
         self.call(move |st| {
             match st.claims.get(&role) {
-                Some((_, v)) if *v == expected_version => {}
+                Some((_, v)) if v.to_string() == expected => {}
                 _ => return Err(ApiError::Conflict),
             }
             st.rv += 1;
@@ -321,18 +335,15 @@ impl SimApi {
         })
         .await
     }
-
-    /// The owner of a role and the claim's resourceVersion, as the server has them now.
-    pub async fn read_claim(&self, role: &str) -> Result<Option<(String, u64)>, ApiError> {
-        let role = role.to_string();
-        self.call(move |st| Ok((st.claims.get(&role).cloned(), None)))
-            .await
-    }
 }
 
 impl LeaseApi for SimApi {
     fn synced(&self) -> bool {
         true
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+        self.get(name).await
     }
 
     fn cached(&self, name: &str) -> Option<LeaseRecord> {

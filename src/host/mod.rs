@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub mod paths;
+pub mod records;
 
 /// Failures reading or writing the host's files.
 #[derive(Debug, thiserror::Error)]

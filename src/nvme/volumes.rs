@@ -27,6 +27,7 @@ use super::options::{
 use super::sysfs::{self, parse_fabrics_reply, Controller, CtrlState, Namespace, Topology};
 use crate::config::NvmeSettings;
 use crate::fence::{FenceError, FenceGuard};
+use crate::host::records::RecordDir;
 use crate::host::{paths, Host, HostError};
 use crate::metrics::Metrics;
 
@@ -215,7 +216,7 @@ struct Inner {
     events: broadcast::Sender<Uevent>,
     identity: HostIdentity,
     defaults: NvmeSettings,
-    records_dir: PathBuf,
+    records: RecordDir,
     /// This boot's id, for new records; empty when it could not be read (then recovery, which
     /// reads it again and fails with the reason, stops the agent before any connect).
     boot_id: String,
@@ -337,7 +338,7 @@ impl Volumes {
     ) -> Volumes {
         Volumes {
             inner: Arc::new(Inner {
-                records_dir: runtime_dir.join("volumes"),
+                records: RecordDir::new(runtime_dir.join("volumes")),
                 boot_id: host.boot_id().unwrap_or_default(),
                 host,
                 fabrics,
@@ -436,7 +437,7 @@ impl Volumes {
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
-        self.inner.records_dir.join(format!("{id}.json"))
+        self.inner.records.path_of(id)
     }
 
     fn lock_for(
@@ -459,24 +460,7 @@ impl Volumes {
         if self.is_on_disk(r) {
             return Ok(());
         }
-        let json = serde_json::to_vec_pretty(r).expect("records serialize");
-        let path = self.record_path(&r.volume_id);
-        // The directory is made when a write finds it missing (the first record, or someone
-        // removed it), not looked up before every write: a connect waits for its first record.
-        match crate::host::write_atomic(&path, &json) {
-            Err(HostError::Write { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                std::fs::create_dir_all(&self.inner.records_dir).map_err(|source| {
-                    HostError::Write {
-                        path: self.inner.records_dir.clone(),
-                        source,
-                    }
-                })?;
-                crate::host::write_atomic(&path, &json)?
-            }
-            written => written?,
-        }
+        self.inner.records.write(&r.volume_id, r)?;
         self.inner
             .on_disk
             .lock()
@@ -487,12 +471,7 @@ impl Volumes {
 
     fn forget(&self, id: &str) -> Result<(), HostError> {
         self.inner.on_disk.lock().unwrap().remove(id);
-        let p = self.record_path(id);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(HostError::Write { path: p, source }),
-        }
+        self.inner.records.remove(id)?;
         let removed = self.inner.volumes.lock().unwrap().remove(id).is_some();
         if removed {
             let _ = self
@@ -779,55 +758,32 @@ impl Volumes {
     /// because it only adopts and finishes disconnects, never connects.
     pub async fn recover(&self) -> Result<(), NvmeError> {
         let boot_id = self.inner.host.boot_id()?;
-        let dir = &self.inner.records_dir;
         let mut records = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                    continue;
-                }
-                let parsed = std::fs::read(&p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
-                match parsed {
-                    Ok(r) if p.file_stem().and_then(|s| s.to_str()) != Some(&r.volume_id) => {
-                        tracing::error!(
-                            "{}: names volume {:?}, not its file name; left alone",
-                            p.display(),
-                            r.volume_id
-                        )
-                    }
-                    Ok(r) if r.boot_id != boot_id => {
-                        tracing::warn!(
-                            VOLUME = r.volume_id.as_str(),
-                            "volume {}: recorded in boot {}, this is boot {boot_id}; the reboot ended its connection ({}), and this boot hands those controller names out again: forgetting it",
-                            r.volume_id,
-                            r.boot_id,
-                            r.controllers_text()
-                        );
-                        self.forget(&r.volume_id)?;
-                    }
-                    Ok(r) => {
-                        self.inner
-                            .on_disk
-                            .lock()
-                            .unwrap()
-                            .insert(r.volume_id.clone(), r.clone());
-                        records.push(r)
-                    }
-                    Err(e) => {
-                        // Keep it for a human: never delete what cannot be read.
-                        let aside = p.with_extension("json.unreadable");
-                        let _ = std::fs::rename(&p, &aside);
-                        tracing::error!(
-                            "{}: cannot be read ({e}); moved to {}",
-                            p.display(),
-                            aside.display()
-                        );
-                    }
-                }
+        let loaded = self.inner.records.load::<Record>(|stem, r| {
+            if r.volume_id == stem {
+                Ok(())
+            } else {
+                Err(format!("names volume {:?}, not its file name", r.volume_id))
             }
+        });
+        for r in loaded.into_iter().map(|l| l.record) {
+            if r.boot_id != boot_id {
+                tracing::warn!(
+                    VOLUME = r.volume_id.as_str(),
+                    "volume {}: recorded in boot {}, this is boot {boot_id}; the reboot ended its connection ({}), and this boot hands those controller names out again: forgetting it",
+                    r.volume_id,
+                    r.boot_id,
+                    r.controllers_text()
+                );
+                self.forget(&r.volume_id)?;
+                continue;
+            }
+            self.inner
+                .on_disk
+                .lock()
+                .unwrap()
+                .insert(r.volume_id.clone(), r.clone());
+            records.push(r)
         }
         let topo = self.rescan();
         // First pass: everything recorded by name is owned.

@@ -3,7 +3,7 @@
 //! rules for restarts are in docs/snapshots.md.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SnapshotSettings;
 use crate::fence::{Fence, FenceError, FenceGuard};
+use crate::host::records::RecordDir;
 use crate::host::{Host, HostError};
 use crate::lvm::{Lvm, LvmError, SnapSize};
 use crate::metrics::Metrics;
@@ -160,7 +161,7 @@ struct Inner {
     lvm: Lvm,
     mounter: Arc<dyn MountSyscalls>,
     settings: SnapshotSettings,
-    dir: PathBuf,
+    records: RecordDir,
     jobs: Mutex<BTreeMap<String, Entry>>,
     changes: broadcast::Sender<JobEvent>,
     metrics: Option<Arc<Metrics>>,
@@ -201,7 +202,7 @@ impl Snapshots {
                 lvm,
                 mounter,
                 settings,
-                dir: state_dir.join("snapshots"),
+                records: RecordDir::new(state_dir.join("snapshots")),
                 jobs: Mutex::new(BTreeMap::new()),
                 changes: broadcast::channel(256).0,
                 metrics,
@@ -242,17 +243,8 @@ impl Snapshots {
             .map(|e| e.job.clone())
     }
 
-    fn path_of(&self, id: &str) -> PathBuf {
-        self.inner.dir.join(format!("{id}.json"))
-    }
-
     fn persist(&self, job: &Job) -> Result<(), HostError> {
-        std::fs::create_dir_all(&self.inner.dir).map_err(|source| HostError::Write {
-            path: self.inner.dir.clone(),
-            source,
-        })?;
-        let json = serde_json::to_vec_pretty(job).expect("jobs serialize");
-        crate::host::write_atomic(&self.path_of(&job.request_id), &json)
+        self.inner.records.write(&job.request_id, job)
     }
 
     /// Applies `f` to the job and persists it, both under the lock; announces. The only way
@@ -790,41 +782,13 @@ impl Snapshots {
     /// cleanup; `Pending` resumes once the fence is held; leftovers (snapshot LVs with the name
     /// prefix, mounts under the mount root) that no job accounts for are removed.
     pub async fn recover(&self) -> Result<(), SnapError> {
-        let mut loaded = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.inner.dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                    continue;
-                }
-                let stem = p
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                match std::fs::read(&p)
-                    .map_err(|e| format!("cannot be read ({e})"))
-                    .and_then(|b| {
-                        serde_json::from_slice::<Job>(&b)
-                            .map_err(|e| format!("cannot be read ({e})"))
-                    })
-                    .and_then(|j| {
-                        recovered::check(&j, &stem, &self.inner.settings)
-                            .map_err(|e| format!("is not a record this agent wrote: {e}"))?;
-                        Ok(j)
-                    }) {
-                    Ok(j) => loaded.push(j),
-                    Err(e) => {
-                        let aside = p.with_extension("json.unreadable");
-                        let _ = std::fs::rename(&p, &aside);
-                        tracing::error!(
-                            "{}: {e}; moved to {} and not acted on",
-                            p.display(),
-                            aside.display()
-                        );
-                    }
-                }
-            }
-        }
+        let settings = &self.inner.settings;
+        let loaded = self
+            .inner
+            .records
+            .load::<Job>(|stem, j| recovered::check(j, stem, settings).map_err(|e| e.to_string()))
+            .into_iter()
+            .map(|l| l.record);
         {
             let mut jobs = self.inner.jobs.lock().unwrap();
             for j in loaded {
