@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
-use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::sim::{Net, SimServer};
+use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::{FenceLoop, FenceState, Holder, LogOnlyLoss, Timing};
 
 const T: Timing = Timing {

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
-use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::sim::{Net, SimApi, SimServer};
+use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::{Fence, FenceLoop, Holder, LogOnlyLoss, Timing};
 
 const T: Timing = Timing {

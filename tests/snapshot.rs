@@ -610,7 +610,7 @@ async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
     use volfence::kubeemu::Faults;
     let r = rig().await;
     let k = claim_cluster().await;
-    let claim: volfence::snapshot::Claim = format!("{}/{}", k.ns, k.name).parse().unwrap();
+    let claim: volfence::snapshot::PvcRef = format!("{}/{}", k.ns, k.name).parse().unwrap();
     let reporter = Arc::new(KubeSnapshotEvents::new(k.client.clone(), "snap-test"));
     let claimed = |id: &str, lv: &str| StartRequest {
         claim: Some(claim.clone()),
@@ -700,7 +700,7 @@ async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
     r.assert_clean();
 
     // A claim that does not exist: logged, not retried for ever, no event anywhere.
-    let gone: volfence::snapshot::Claim = format!("{}/gone", k.ns).parse().unwrap();
+    let gone: volfence::snapshot::PvcRef = format!("{}/gone", k.ns).parse().unwrap();
     s3.start(
         &g,
         StartRequest {
@@ -718,7 +718,7 @@ async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
 
 #[test]
 fn claims_are_namespace_and_name() {
-    let c: volfence::snapshot::Claim = "vms/disk-a.v2".parse().unwrap();
+    let c: volfence::snapshot::PvcRef = "vms/disk-a.v2".parse().unwrap();
     assert_eq!(
         (c.namespace.as_str(), c.name.as_str()),
         ("vms", "disk-a.v2")
@@ -731,14 +731,14 @@ fn claims_are_namespace_and_name() {
         ("vms/", "name \"\""),
         ("vms/a,b=c", "name \"a,b=c\""),
     ] {
-        let e = bad.parse::<volfence::snapshot::Claim>().unwrap_err();
+        let e = bad.parse::<volfence::snapshot::PvcRef>().unwrap_err();
         assert!(
             e.to_string().starts_with(&format!("claim {bad:?}: ")) && e.to_string().contains(says),
             "{bad}: {e}"
         );
     }
     assert!(format!("vms/{}", "a".repeat(254))
-        .parse::<volfence::snapshot::Claim>()
+        .parse::<volfence::snapshot::PvcRef>()
         .is_err());
 }
 

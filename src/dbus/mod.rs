@@ -333,7 +333,7 @@ impl Agent {
                 ("size", OptValue::Str(s)) => size = Some(s),
                 ("keep", OptValue::Bool(b)) => keep = b,
                 ("claim", OptValue::Str(s)) => {
-                    claim = Some(s.parse::<crate::snapshot::Claim>()?);
+                    claim = Some(s.parse::<crate::snapshot::PvcRef>()?);
                 }
                 (k, v) => {
                     return Err(Error::InvalidArgument(format!(

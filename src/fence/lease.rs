@@ -68,8 +68,10 @@ pub trait LeaseApi: Send + Sync {
     fn cached(&self, name: &str) -> Option<LeaseRecord>;
     /// A consistent read (GET) of one lease, also given to the observer: the takeover's
     /// confirmation, never the renew path.
-    fn read(&self, name: &str)
-        -> impl Future<Output = Result<Option<LeaseRecord>, ApiError>> + Send;
+    fn read(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LeaseRecord>, ApiError>> + Send;
     /// The observer's verdict on `name`, by this host's monotonic clock.
     fn verdict(&self, name: &str) -> Verdict;
     /// Create (fails with `AlreadyExists` if present).

@@ -136,8 +136,22 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = RecordDir::new(tmp.path().join("missing/records"));
         assert!(dir.load::<R>(|_, _| Ok(())).is_empty());
-        dir.write("a", &R { id: "a".into(), n: 1 }).unwrap();
-        dir.write("b", &R { id: "x".into(), n: 2 }).unwrap();
+        dir.write(
+            "a",
+            &R {
+                id: "a".into(),
+                n: 1,
+            },
+        )
+        .unwrap();
+        dir.write(
+            "b",
+            &R {
+                id: "x".into(),
+                n: 2,
+            },
+        )
+        .unwrap();
         std::fs::write(dir.path_of("torn"), b"{\"id\": \"torn\", \"n\":").unwrap();
         std::fs::write(dir.dir().join("notes.txt"), b"kept").unwrap();
         let loaded = dir.load::<R>(|stem, r| {
@@ -151,7 +165,10 @@ mod tests {
         assert_eq!((loaded[0].stem.as_str(), loaded[0].record.n), ("a", 1));
         for set_aside in ["b", "torn"] {
             assert!(!dir.path_of(set_aside).exists(), "{set_aside}");
-            assert!(dir.dir().join(format!("{set_aside}.json.unreadable")).exists());
+            assert!(dir
+                .dir()
+                .join(format!("{set_aside}.json.unreadable"))
+                .exists());
         }
         assert!(dir.dir().join("notes.txt").exists());
         dir.remove("a").unwrap();

@@ -23,8 +23,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::kernel::{Fabrics, FabricsTeardown, Uevent};
-use crate::fence::FenceGuard;
 use super::sysfs::{parse_kv, BY_ID, CLASS_NVME, CLASS_SUBSYS};
+use crate::fence::FenceGuard;
 use crate::host::Host;
 
 #[derive(Debug, Clone)]

@@ -58,7 +58,7 @@ pub struct StartRequest {
     pub size: Option<String>,
     pub keep: bool,
     /// The PersistentVolumeClaim the origin backs (`namespace/name`), if any.
-    pub claim: Option<Claim>,
+    pub claim: Option<PvcRef>,
 }
 
 impl StartRequest {
@@ -77,12 +77,12 @@ impl StartRequest {
 
 /// A PersistentVolumeClaim, named as `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub struct PvcRef {
     pub namespace: String,
     pub name: String,
 }
 
-impl std::fmt::Display for Claim {
+impl std::fmt::Display for PvcRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
     }
@@ -99,9 +99,9 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-impl std::str::FromStr for Claim {
+impl std::str::FromStr for PvcRef {
     type Err = SnapError;
-    fn from_str(s: &str) -> Result<Claim, SnapError> {
+    fn from_str(s: &str) -> Result<PvcRef, SnapError> {
         let bad = |why: &str| SnapError::Invalid(format!("claim {s:?}: {why}"));
         let (ns, name) = s
             .split_once('/')
@@ -113,7 +113,7 @@ impl std::str::FromStr for Claim {
         if name.len() > 253 || !name.split('.').all(is_dns_label) {
             return Err(bad(&format!("name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253, each part starting and ending with a letter or digit)")));
         }
-        Ok(Claim {
+        Ok(PvcRef {
             namespace: ns.to_string(),
             name: name.to_string(),
         })
@@ -123,7 +123,7 @@ impl std::str::FromStr for Claim {
 /// A failed snapshot of a claimed volume, to be reported where its users look.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureReport {
-    pub claim: Claim,
+    pub claim: PvcRef,
     pub request_id: String,
     pub origin: String,
     pub message: String,
@@ -326,7 +326,7 @@ impl Snapshots {
         if job.phase() != Phase::Failed || job.failure_reported {
             return;
         }
-        let Ok(claim) = claim.parse::<Claim>() else {
+        let Ok(claim) = claim.parse::<PvcRef>() else {
             tracing::error!(
                 REQUEST_ID = id,
                 "snapshot job {id}: recorded claim {claim:?} is not namespace/name; no Event"
@@ -422,7 +422,7 @@ impl Snapshots {
             (!origin.is_thin()).then_some(size),
             req.keep,
         );
-        job.claim = req.claim.as_ref().map(Claim::to_string);
+        job.claim = req.claim.as_ref().map(PvcRef::to_string);
         {
             let mut jobs = self.inner.jobs.lock().unwrap();
             if let Some(j) = jobs.get(&req.request_id) {

@@ -39,7 +39,7 @@ pub fn check(job: &Job, file_stem: &str, settings: &SnapshotSettings) -> Result<
         crate::lvm::SnapSize::parse(size).map_err(|e| e.to_string())?;
     }
     if let Some(claim) = &job.claim {
-        claim.parse::<super::Claim>().map_err(|e| e.to_string())?;
+        claim.parse::<super::PvcRef>().map_err(|e| e.to_string())?;
     }
     if !(0.0..=100.0).contains(&job.cow_percent) {
         return Err(format!("cow_percent {} is not 0-100", job.cow_percent));

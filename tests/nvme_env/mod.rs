@@ -243,7 +243,10 @@ impl Env {
             "transport=tcp,traddr=127.0.0.1,trsvcid={port},nqn={nqn},hostnqn={},hostid={}",
             self.identity.hostnqn, self.identity.hostid
         );
-        let reply = self.fabrics.connect(&self.guard(), &line).expect("foreign connect");
+        let reply = self
+            .fabrics
+            .connect(&self.guard(), &line)
+            .expect("foreign connect");
         let i = reply
             .trim()
             .split(',')
