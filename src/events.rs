@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
-use crate::fence::kube::rfc3339;
 use crate::snapshot::{FailureReport, FailureReporter};
+use crate::time::rfc3339;
 
 /// The API server refuses an Event note longer than this (bytes).
 const NOTE_LIMIT: usize = 1024;

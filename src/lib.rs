@@ -12,5 +12,7 @@ pub mod kubeemu;
 pub mod logging;
 pub mod lvm;
 pub mod metrics;
+pub mod names;
 pub mod nvme;
 pub mod snapshot;
+pub mod time;

@@ -855,18 +855,9 @@ impl Check<'_> {
 
 /// Kubernetes object names (RFC 1123 subdomain): the node name names the Lease.
 pub fn validate_k8s_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if name.is_empty()
-        || name.len() > 253
-        || !ok_chars
-        || !ends_ok(name.bytes().next())
-        || !ends_ok(name.bytes().last())
-    {
+    if !crate::names::is_dns1123_subdomain(name) {
         return Err(format!(
-            "expected a Kubernetes object name (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters), found {name:?}"
+            "expected a Kubernetes object name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit, at most 253 characters), found {name:?}"
         ));
     }
     Ok(())

@@ -96,7 +96,7 @@ pub enum PatchType {
 }
 
 fn now_rfc3339() -> String {
-    crate::fence::kube::rfc3339(std::time::SystemTime::now(), false)
+    crate::time::rfc3339(std::time::SystemTime::now(), false)
 }
 
 /// The fields an update changed or added: what the updater comes to own.

@@ -88,17 +88,6 @@ impl std::fmt::Display for PvcRef {
     }
 }
 
-/// A DNS-1123 label: what Kubernetes accepts as a namespace name.
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 impl std::str::FromStr for PvcRef {
     type Err = SnapError;
     fn from_str(s: &str) -> Result<PvcRef, SnapError> {
@@ -106,12 +95,11 @@ impl std::str::FromStr for PvcRef {
         let (ns, name) = s
             .split_once('/')
             .ok_or_else(|| bad("expected namespace/name of a PersistentVolumeClaim"))?;
-        if !is_dns_label(ns) {
+        if !crate::names::is_dns1123_label(ns) {
             return Err(bad(&format!("namespace {ns:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)")));
         }
-        // A claim's name is a DNS-1123 subdomain: dot-separated labels, at most 253 in all.
-        if name.len() > 253 || !name.split('.').all(is_dns_label) {
-            return Err(bad(&format!("name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253, each part starting and ending with a letter or digit)")));
+        if !crate::names::is_dns1123_subdomain(name) {
+            return Err(bad(&format!("name {name:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253, each dot-separated part starting and ending with a letter or digit)")));
         }
         Ok(PvcRef {
             namespace: ns.to_string(),
@@ -176,7 +164,7 @@ pub struct Snapshots {
 }
 
 fn now() -> String {
-    crate::fence::kube::rfc3339(std::time::SystemTime::now(), false)
+    crate::time::rfc3339(std::time::SystemTime::now(), false)
 }
 
 /// Request ids name files and D-Bus objects: the volume-id rules.
