@@ -18,8 +18,8 @@ use crate::fence::record;
 use crate::fence::standalone::FileLease;
 use crate::fence::watchdog::Watchdog;
 use crate::fence::{
-    Acquired, BackendError, BoxedUnit, FenceLoop, FenceStatus, Holder, LeaseBackend, LogOnlyLoss,
-    LossHandler, Timing,
+    Acquired, BackendError, BoxedUnit, FenceLoop, Holder, LeaseBackend, LogOnlyLoss, LossHandler,
+    Timing,
 };
 use crate::host::{Host, HostError};
 use crate::metrics::{self, Metrics};
@@ -27,6 +27,7 @@ use crate::nvme::{self, volumes::Volumes};
 use crate::snapshot::Snapshots;
 
 pub mod notify;
+mod tasks;
 
 use notify::Notifier;
 
@@ -357,72 +358,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             )
         });
     }
-    {
-        let (mut rx, s, m, n) = (
-            status_rx,
-            shutdown.clone(),
-            metrics.clone(),
-            notifier.clone(),
-        );
-        let first = fence.status();
-        let bus = settings.dbus.to_string();
-        tasks.spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            let mut prev = None;
-            let mut st: FenceStatus = first;
-            loop {
-                if prev != Some(st.state) {
-                    n.status(&format!(
-                        "fence {} (epoch {}): {}; D-Bus {} on {bus}",
-                        st.state,
-                        st.epoch,
-                        st.message,
-                        dbus::BUS_NAME
-                    ));
-                }
-                m.observe_fence(prev, &st);
-                prev = Some(st.state);
-                st = tokio::select! {
-                    _ = s.cancelled() => return ("status", Ok(())),
-                    r = rx.recv() => match r {
-                        Ok(next) => next,
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return ("status", Ok(())),
-                    },
-                };
-            }
-        });
-    }
-
-    {
-        // Keep the validity record current, so a restarted agent can tell whether it lapsed.
-        let (mut rx, s, dir, boot) = (
-            fence.subscribe(),
-            shutdown.clone(),
-            runtime_dir.clone(),
-            holder.boot_id.clone(),
-        );
-        tasks.spawn(async move {
-            // Written on every renew: a lasting fault (disk full) is one line a minute, not one
-            // per renew. A missing record only makes a restarted agent take a new epoch.
-            let mut throttle = crate::logging::Throttle::new(std::time::Duration::from_secs(60));
-            loop {
-                let st = rx.borrow_and_update().clone();
-                if let Some(until) = st.valid_until {
-                    let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    if let Err(e) = record::write(&dir, &boot, st.epoch, left) {
-                        if let Some(n) = throttle.due() {
-                            tracing::warn!("{e} ({n} more failures since the last such line)");
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = s.cancelled() => return ("validity-record", Ok(())),
-                    r = rx.changed() => if r.is_err() { return ("validity-record", Ok(())) },
-                }
-            }
-        });
-    }
+    tasks.spawn(tasks::status(
+        status_rx,
+        fence.status(),
+        metrics.clone(),
+        notifier.clone(),
+        settings.dbus.to_string(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(tasks::validity_record(
+        fence.subscribe(),
+        runtime_dir.clone(),
+        holder.boot_id.clone(),
+        shutdown.clone(),
+    ));
 
     // STATUS= lines come only from the status task, so READY cannot overwrite a newer one.
     notifier.ready();

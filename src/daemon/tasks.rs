@@ -1,0 +1,78 @@
+//! The daemon's own long-lived tasks (the others belong to their rooms), each named as the
+//! supervisor reports it when it stops.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::notify::Notifier;
+use super::TaskResult;
+use crate::dbus;
+use crate::fence::{record, FenceStatus};
+use crate::metrics::Metrics;
+
+/// systemd's STATUS= and the fence metrics, from every fence transition. STATUS= lines come
+/// only from here, so READY cannot overwrite a newer one.
+pub async fn status(
+    mut rx: broadcast::Receiver<FenceStatus>,
+    first: FenceStatus,
+    metrics: Arc<Metrics>,
+    notifier: Notifier,
+    bus: String,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    let mut prev = None;
+    let mut st = first;
+    loop {
+        if prev != Some(st.state) {
+            notifier.status(&format!(
+                "fence {} (epoch {}): {}; D-Bus {} on {bus}",
+                st.state,
+                st.epoch,
+                st.message,
+                dbus::BUS_NAME
+            ));
+        }
+        metrics.observe_fence(prev, &st);
+        prev = Some(st.state);
+        st = tokio::select! {
+            _ = shutdown.cancelled() => return ("status", Ok(())),
+            r = rx.recv() => match r {
+                Ok(next) => next,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return ("status", Ok(())),
+            },
+        };
+    }
+}
+
+/// Keeps the validity record current, so a restarted agent can tell whether its holding lapsed.
+pub async fn validity_record(
+    mut rx: watch::Receiver<FenceStatus>,
+    runtime_dir: PathBuf,
+    boot_id: String,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    // Written on every renew: a lasting fault (disk full) is one line a minute, not one per
+    // renew. A missing record only makes a restarted agent take a new epoch.
+    let mut throttle = crate::logging::Throttle::new(Duration::from_secs(60));
+    loop {
+        let st = rx.borrow_and_update().clone();
+        if let Some(until) = st.valid_until {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = record::write(&runtime_dir, &boot_id, st.epoch, left) {
+                if let Some(n) = throttle.due() {
+                    tracing::warn!("{e} ({n} more failures since the last such line)");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("validity-record", Ok(())),
+            r = rx.changed() => if r.is_err() { return ("validity-record", Ok(())) },
+        }
+    }
+}
