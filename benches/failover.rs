@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
-use volfence::fence::sim::{Net, SimServer};
 use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::{FenceLoop, FenceState, Holder, LogOnlyLoss, Timing};
+use volfence_testkit::sim::{Net, SimServer};
 
 const T: Timing = Timing {
     lease_duration: Duration::from_secs(10),
@@ -139,7 +139,7 @@ fn main() {
         .build()
         .unwrap();
     let counts = rt.block_on(async move {
-        let emu = volfence::kubeemu::Emulator::start("127.0.0.1:0".parse().unwrap())
+        let emu = volfence_kube_emulator::Emulator::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use volfence::config::Settings;
 use volfence::host::Host;
-use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::kernel::event_channel;
 use volfence::nvme::options::{HostIdentity, Selector};
 use volfence::nvme::volumes::Volumes;
+use volfence_testkit::nvme::FakeKernel;
 
 const SUBSYSTEMS: usize = 100;
 const PER_SUBSYSTEM: u32 = 10;

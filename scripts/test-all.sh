@@ -15,13 +15,19 @@ stage "install dependencies"
 ./scripts/install-deps.sh || fail "install-deps"
 
 stage "cargo fmt --check"
-cargo fmt --check || fail "cargo fmt --check"
+cargo fmt --all --check || fail "cargo fmt --check"
 
 stage "cargo clippy -D warnings"
-cargo clippy --all-targets -- -D warnings || fail "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings || fail "cargo clippy"
+
+stage "product crate graph"
+# The test doubles and the API emulator are workspace members only tests depend on.
+TREE=$(cargo tree -e normal -p volfence --prefix none) || fail "cargo tree"
+! grep -E '^volfence-(testkit|kube-emulator) ' <<< "$TREE" || fail "product crate graph: a test double is a normal dependency"
+echo "cargo tree -e normal -p volfence: $(sort -u <<< "$TREE" | wc -l) crates, no testkit, no emulator"
 
 stage "cargo test"
-cargo test 2>&1 | tee "$LOG/cargo-test.log"
+cargo test --workspace 2>&1 | tee "$LOG/cargo-test.log"
 rc=${PIPESTATUS[0]}
 read -r p f < <(awk '/^test result:/{for(i=1;i<=NF;i++){if($i~/^passed;?$/)p+=$(i-1); if($i~/^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' "$LOG/cargo-test.log")
 PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
@@ -29,8 +35,8 @@ echo "cargo test: $p passed, $f failed"
 [ "$rc" -eq 0 ] || fail "cargo test"
 
 stage "Debian package"
-# every binary, the VM tier's API emulator included; cargo deb then reuses them
-cargo build --release --bins 2>&1 | tail -2
+# every binary, the VM tier's API emulator included; cargo deb then reuses the product's
+cargo build --release --workspace --bins 2>&1 | tail -2
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "cargo build --release"
 cargo deb 2>&1 | tail -3
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "cargo deb"
@@ -44,6 +50,7 @@ for f in ./usr/bin/volfenced ./usr/bin/volfencectl ./usr/lib/systemd/system/volf
          ./usr/share/man/man5/volfence.toml.5.gz; do
     grep -q " $f\$" <<< "$CONTENT" || fail "package content: $f missing"
 done
+! grep -q 'kube-emulator' <<< "$CONTENT" || fail "package content: the API emulator is packaged"
 ! grep -E 'manual-page|manpage' "$LOG/lintian.log" || fail "lintian: man page warnings"
 dpkg-deb -I "$DEB" conffiles | grep -qx /etc/volfence/config.toml || fail "package: config.toml is not a conffile"
 echo "package OK: $DEB ($(du -h "$DEB" | cut -f1)); lintian: $(grep -c '^E:' "$LOG/lintian.log") errors, $(grep -c '^W:' "$LOG/lintian.log") warnings"

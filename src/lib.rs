@@ -8,7 +8,6 @@ pub mod dbus;
 pub mod events;
 pub mod fence;
 pub mod host;
-pub mod kubeemu;
 pub mod logging;
 pub mod lvm;
 pub mod metrics;

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Event;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::*;
-use volfence::kubeemu::{Emulator, Faults};
+use volfence_kube_emulator::{Emulator, Faults};
 
 const NS: &str = "volfence-test";
 

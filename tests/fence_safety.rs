@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
-use volfence::fence::sim::{Net, SimApi, SimServer};
 use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::{Fence, FenceLoop, Holder, LogOnlyLoss, Timing};
+use volfence_testkit::sim::{Net, SimApi, SimServer};
 
 const T: Timing = Timing {
     lease_duration: Duration::from_secs(10),

@@ -175,7 +175,7 @@ async fn the_emulator_answers_as_a_real_server_does() {
     let (_emu, kubeconfig) = match std::env::var_os("KUBECONFIG") {
         Some(p) => (None, std::path::PathBuf::from(p)),
         None => {
-            let emu = volfence::kubeemu::Emulator::start("127.0.0.1:0".parse().unwrap())
+            let emu = volfence_kube_emulator::Emulator::start("127.0.0.1:0".parse().unwrap())
                 .await
                 .unwrap();
             let p = dir.path().join("kubeconfig");

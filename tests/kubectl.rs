@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::kubectl;
 
 struct Target {
-    _emu: Option<volfence::kubeemu::Emulator>,
+    _emu: Option<volfence_kube_emulator::Emulator>,
     kubeconfig: std::path::PathBuf,
     ns: String,
     _dir: tempfile::TempDir,
@@ -40,7 +40,7 @@ fn target() -> Target {
         Some(p) => (None, std::path::PathBuf::from(p)),
         None => {
             let emu = rt
-                .block_on(volfence::kubeemu::Emulator::start(
+                .block_on(volfence_kube_emulator::Emulator::start(
                     "127.0.0.1:0".parse().unwrap(),
                 ))
                 .unwrap();

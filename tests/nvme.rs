@@ -7,9 +7,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use nvme_env::{nsid, req, target, until, Env, MIB};
-use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::options::OptValue;
 use volfence::nvme::volumes::{NvmeError, VolumeEvent, VolumeInfo, VolumeState, Volumes};
+use volfence_testkit::nvme::FakeKernel;
 
 /// After all the agent did, `foreign` is still the subsystem's only controller, live; then it
 /// goes, so the next test starts without it.

@@ -26,13 +26,13 @@ impl LogControl for Level {
 
 /// An idle snapshot manager over the fake LVM (this test is about volumes).
 fn snapshots(env: &Env) -> volfence::snapshot::Snapshots {
-    let lvm = volfence::lvm::Lvm::new(Arc::new(volfence::lvm::fake::FakeLvm::new(
+    let lvm = volfence::lvm::Lvm::new(Arc::new(volfence_testkit::lvm::FakeLvm::new(
         env.host.clone(),
     )));
     volfence::snapshot::Snapshots::new(
         env.host.clone(),
         lvm,
-        Arc::new(volfence::lvm::fake::FakeMounter::new(env.host.clone())),
+        Arc::new(volfence_testkit::lvm::FakeMounter::new(env.host.clone())),
         env.settings.snapshots.clone(),
         env.state.path(),
         env.fence.clone(),

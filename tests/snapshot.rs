@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use volfence::config::Settings;
 use volfence::host::Host;
-use volfence::lvm::fake::{FakeLvm, FakeMounter};
 use volfence::lvm::Lvm;
 use volfence::snapshot::job::Phase;
 use volfence::snapshot::mount::Fs;
 use volfence::snapshot::{SnapError, Snapshots, StartRequest};
+use volfence_testkit::lvm::{FakeLvm, FakeMounter};
 
 struct Rig {
     root: tempfile::TempDir,
@@ -548,7 +548,7 @@ async fn claim_events(
 /// The emulator (or the cluster `KUBECONFIG` names), a client of it, and a fresh claim in
 /// `volfence-test`.
 struct ClaimCluster {
-    emu: Option<volfence::kubeemu::Emulator>,
+    emu: Option<volfence_kube_emulator::Emulator>,
     client: kube::Client,
     kubeconfig: PathBuf,
     ns: String,
@@ -567,7 +567,7 @@ async fn claim_cluster() -> ClaimCluster {
             format!("disk-{}", std::process::id()),
         ),
         None => {
-            let emu = volfence::kubeemu::Emulator::start("127.0.0.1:0".parse().unwrap())
+            let emu = volfence_kube_emulator::Emulator::start("127.0.0.1:0".parse().unwrap())
                 .await
                 .unwrap();
             let p = dir.path().join("kubeconfig");
@@ -607,7 +607,7 @@ async fn claim_cluster() -> ClaimCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
     use volfence::events::KubeSnapshotEvents;
-    use volfence::kubeemu::Faults;
+    use volfence_kube_emulator::Faults;
     let r = rig().await;
     let k = claim_cluster().await;
     let claim: volfence::snapshot::PvcRef = format!("{}/{}", k.ns, k.name).parse().unwrap();

@@ -23,7 +23,6 @@ pub mod kube;
 pub mod lease;
 pub mod observer;
 pub mod record;
-pub mod sim;
 pub mod standalone;
 pub mod takeover;
 pub mod watchdog;

@@ -142,28 +142,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), HostError> {
     result.map_err(err)
 }
 
-/// A throwaway root with the few files every component reads, for tests and demos.
-pub mod testing {
-    use super::*;
-
-    /// Creates the kernel files a fresh host has: boot id and hostname.
-    pub fn populate(root: &Path, boot_id: &str, hostname: &str) -> std::io::Result<Host> {
-        let host = Host::new(root);
-        // The kernel's UUID source, for identities generated on first start (NVMe host ID).
-        let random = "5f0c2b8e-7d3a-4b1e-9c2d-0a1b2c3d4e5f";
-        for (p, v) in [
-            (paths::BOOT_ID, boot_id),
-            (paths::HOSTNAME, hostname),
-            (paths::RANDOM_UUID, random),
-        ] {
-            let p = host.path(p);
-            std::fs::create_dir_all(p.parent().unwrap())?;
-            std::fs::write(p, format!("{v}\n"))?;
-        }
-        Ok(host)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,12 +162,14 @@ mod tests {
     #[test]
     fn boot_id_and_hostname_from_fixture() {
         let dir = tempfile::tempdir().unwrap();
-        let h = testing::populate(
-            dir.path(),
-            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
-            "worker-1",
-        )
-        .unwrap();
+        let h = Host::new(dir.path());
+        for (p, v) in [
+            (paths::BOOT_ID, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n"),
+            (paths::HOSTNAME, "worker-1\n"),
+        ] {
+            std::fs::create_dir_all(h.path(p).parent().unwrap()).unwrap();
+            std::fs::write(h.path(p), v).unwrap();
+        }
         assert_eq!(h.boot_id().unwrap(), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
         assert_eq!(h.hostname().unwrap(), "worker-1");
         std::fs::write(h.path(paths::BOOT_ID), "garbage\n").unwrap();

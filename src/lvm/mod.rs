@@ -436,7 +436,5 @@ impl Lvm {
     }
 }
 
-pub mod fake;
-
 #[cfg(test)]
 mod tests;

@@ -229,36 +229,6 @@ fn lookups_over_replayed_output() {
 }
 
 #[test]
-fn the_fake_prints_what_lvm_prints() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = fake::FakeLvm::new(crate::host::Host::new(dir.path()));
-    fake.add_lv(
-        "vgsnap",
-        "ext",
-        100663296,
-        false,
-        crate::snapshot::mount::Fs::Ext4,
-        &[],
-    );
-    let out = fake.lvs(&lvs_argv(Some("vgsnap"))).unwrap();
-    let real_line = ORIGINS
-        .lines()
-        .find(|l| l.contains("\"lv_name\":\"ext\""))
-        .unwrap();
-    assert!(
-        out.stdout.contains(real_line.trim().trim_end_matches(',')),
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        parse_lvs(&out.stdout).unwrap(),
-        vec![parse_lvs(ORIGINS).unwrap()[0].clone()]
-    );
-    let miss = fake.lvs(&lvs_argv(Some("novg"))).unwrap();
-    assert_eq!((miss.code, miss.stderr.as_str()), (5, NO_VG_STDERR));
-}
-
-#[test]
 fn captured_snapshots_report() {
     let lvs = parse_lvs(include_str!("../../tests/fixtures/lvm/lvs-snapshots.json")).unwrap();
     let thick = lvs.iter().find(|l| l.name == "vfsnap-r-kill").unwrap();

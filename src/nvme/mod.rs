@@ -1,7 +1,6 @@
 //! NVMe over Fabrics (TCP): connect, disconnect and resolve volumes through `/dev/nvme-fabrics`,
 //! sysfs and udev.
 
-pub mod fake;
 pub mod identity;
 pub mod kernel;
 pub mod nqn;

@@ -15,11 +15,11 @@ use volfence::config::Settings;
 use volfence::fence::standalone::FileLease;
 use volfence::fence::{Fence, FenceGuard, FenceLoop, Holder, LogOnlyLoss, Timing};
 use volfence::host::Host;
-use volfence::nvme::fake::FakeKernel;
 use volfence::nvme::identity;
 use volfence::nvme::kernel::{KernelFabrics, NvmeFabrics, Uevent};
 use volfence::nvme::options::{parse_overrides, parse_target, HostIdentity, OptValue};
 use volfence::nvme::volumes::{ConnectRequest, Volumes};
+use volfence_testkit::nvme::FakeKernel;
 
 pub const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub const MIB: u64 = 1 << 20;

@@ -107,7 +107,7 @@ pub struct FakeHost {
 impl FakeHost {
     pub fn new(hostname: &str, boot_id: &str, extra_config: &str) -> FakeHost {
         let root = tempfile::tempdir().unwrap();
-        volfence::host::testing::populate(root.path(), boot_id, hostname).unwrap();
+        volfence_testkit::host::populate(root.path(), boot_id, hostname).unwrap();
         let config = root.path().join("config.toml");
         std::fs::write(
             &config,

@@ -175,7 +175,7 @@ phase kernel
 check_artifacts() {
     local f
     for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS" "$VOLFENCE_CONNECT_BENCH"; do
-        [ -x "$f" ] || die "$f is missing or not executable (cargo build --release, or set VOLFENCED/VOLFENCECTL)"
+        [ -x "$f" ] || die "$f is missing or not executable (cargo build --release --workspace --bins, or set VOLFENCED/VOLFENCECTL)"
     done
     [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
     # absolute paths: the guest sees the host tree at the same places

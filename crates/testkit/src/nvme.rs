@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::kernel::{Fabrics, FabricsTeardown, Uevent};
-use super::sysfs::{parse_kv, BY_ID, CLASS_NVME, CLASS_SUBSYS};
-use crate::fence::FenceGuard;
-use crate::host::Host;
+use volfence::fence::FenceGuard;
+use volfence::host::Host;
+use volfence::nvme::kernel::{Fabrics, FabricsTeardown, Uevent};
+use volfence::nvme::sysfs::{parse_kv, BY_ID, CLASS_NVME, CLASS_SUBSYS};
 
 #[derive(Debug, Clone)]
 pub struct FakeNamespace {
@@ -116,14 +116,14 @@ fn einval(msg: &str) -> Error {
 impl FakeKernel {
     /// A fake kernel with native multipath on (Debian's default) or off.
     pub fn new(host: Host, events: broadcast::Sender<Uevent>, multipath: bool) -> FakeKernel {
-        let mp = host.path(crate::host::paths::NVME_MULTIPATH_PARAM);
+        let mp = host.path(volfence::host::paths::NVME_MULTIPATH_PARAM);
         w(&mp, if multipath { "Y" } else { "N" });
         let _ = std::fs::create_dir_all(host.path(CLASS_NVME));
         let _ = std::fs::create_dir_all(host.path(CLASS_SUBSYS));
         let _ = std::fs::create_dir_all(host.path(BY_ID));
-        w(&host.path(crate::host::paths::NVME_FABRICS), "");
+        w(&host.path(volfence::host::paths::NVME_FABRICS), "");
         // A booted kernel has a boot id; a root that already has one keeps it.
-        let boot_id = host.path(crate::host::paths::BOOT_ID);
+        let boot_id = host.path(volfence::host::paths::BOOT_ID);
         if !boot_id.exists() {
             w(&boot_id, FIRST_BOOT_ID);
         }
@@ -250,7 +250,10 @@ impl FakeKernel {
             let _ = self.remove_ctrl(i);
         }
         self.inner.state.lock().unwrap().next_head = 1;
-        w(&self.inner.host.path(crate::host::paths::BOOT_ID), boot_id);
+        w(
+            &self.inner.host.path(volfence::host::paths::BOOT_ID),
+            boot_id,
+        );
     }
 
     /// Takes a target port down (or back up). Controllers through it go `connecting`; each is
@@ -377,7 +380,7 @@ impl FakeKernel {
         );
         Box::new(move || {
             let host = &me.inner.host;
-            let dev = host.path(crate::host::paths::DEV).join(&block);
+            let dev = host.path(volfence::host::paths::DEV).join(&block);
             if !dir_exists_for(host, &block) {
                 return; // removed before udev got to it
             }
@@ -418,7 +421,7 @@ impl FakeKernel {
     fn remove_block(&self, dir: &Path, block: &str) {
         let host = &self.inner.host;
         let _ = std::fs::remove_dir_all(dir);
-        let _ = std::fs::remove_file(host.path(crate::host::paths::DEV).join(block));
+        let _ = std::fs::remove_file(host.path(volfence::host::paths::DEV).join(block));
         let by_id = host.path(BY_ID);
         if let Ok(rd) = std::fs::read_dir(&by_id) {
             for e in rd.flatten() {
@@ -466,7 +469,7 @@ impl FakeKernel {
         } else if let Ok(rd) = std::fs::read_dir(&cdir) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if super::sysfs::parse_ns_name(&n).is_some() {
+                if volfence::nvme::sysfs::parse_ns_name(&n).is_some() {
                     self.remove_block(&e.path(), &n);
                 }
             }
@@ -500,7 +503,7 @@ impl FakeKernel {
 }
 
 fn dir_exists_for(host: &Host, block: &str) -> bool {
-    let Some((a, _)) = super::sysfs::parse_ns_name(block) else {
+    let Some((a, _)) = volfence::nvme::sysfs::parse_ns_name(block) else {
         return false;
     };
     host.path(CLASS_NVME)
@@ -735,7 +738,7 @@ impl FakeKernel {
 
 impl FabricsTeardown for FakeKernel {
     fn delete_controller(&self, name: &str) -> std::io::Result<()> {
-        let i = super::sysfs::parse_ctrl_name(name).ok_or_else(|| einval(name))?;
+        let i = volfence::nvme::sysfs::parse_ctrl_name(name).ok_or_else(|| einval(name))?;
         self.remove_ctrl(i)
     }
 }

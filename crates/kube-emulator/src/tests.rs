@@ -322,18 +322,23 @@ async fn claims_are_served_and_events_are_validated_like_the_real_server() {
     assert_eq!((d.kind.as_str(), d.causes.len()), ("Event", 1));
     assert_eq!(d.causes[0].field, "action");
     assert!(emu.events().is_empty());
-    let good = crate::events::event_object(
-        "vms",
-        json!({"kind": "PersistentVolumeClaim", "name": "disk-a", "namespace": "vms"}),
-        &crate::events::EventSpec {
-            reason: "SnapshotFailed",
-            action: "Snapshot",
-            message: "m",
-            warning: true,
-        },
-        "n1",
-        std::time::SystemTime::now(),
-    );
+    // What an agent on node n1 records about a PVC (the shape of the core/v1 Events it sends).
+    let now = format!("{:.0}", jiff::Timestamp::now());
+    let good = json!({
+        "metadata": {"name": "disk-a.1", "namespace": "vms"},
+        "involvedObject": {"kind": "PersistentVolumeClaim", "name": "disk-a", "namespace": "vms"},
+        "reason": "SnapshotFailed",
+        "message": "m",
+        "type": "Warning",
+        "source": {"component": "volfenced", "host": "n1"},
+        "reportingComponent": "volfence.io/volfenced",
+        "reportingInstance": "n1",
+        "action": "Snapshot",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": format!("{:.6}", jiff::Timestamp::now()),
+        "count": 1,
+    });
     events
         .create(&PostParams::default(), &ev(good))
         .await

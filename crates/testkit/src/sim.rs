@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lease::{ApiError, LeaseApi, LeaseRecord};
-use super::observer::{Observer, Verdict};
-use super::takeover::{ClaimApi, ClaimRead};
+use volfence::fence::lease::{ApiError, LeaseApi, LeaseRecord};
+use volfence::fence::observer::{Observer, Verdict};
+use volfence::fence::takeover::{ClaimApi, ClaimRead};
 
 /// Network conditions of one client; change them at any time.
 #[derive(Debug, Clone, Default)]

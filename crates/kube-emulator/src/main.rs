@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use volfence::kubeemu::Emulator;
+use volfence_kube_emulator::Emulator;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -95,8 +95,9 @@ pub enum PatchType {
     Json,
 }
 
+/// Whole seconds, as the server writes Time fields (creationTimestamp, deletionTimestamp).
 fn now_rfc3339() -> String {
-    crate::time::rfc3339(std::time::SystemTime::now(), false)
+    format!("{:.0}", jiff::Timestamp::now())
 }
 
 /// The fields an update changed or added: what the updater comes to own.

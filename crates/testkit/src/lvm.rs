@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{CmdOutput, LvmRunner, LvmTeardown};
-use crate::fence::FenceGuard;
-use crate::host::Host;
-use crate::snapshot::mount::{Fs, MountTeardown, Mounter, MOUNTINFO};
+use volfence::fence::FenceGuard;
+use volfence::host::Host;
+use volfence::lvm::{CmdOutput, LvmRunner, LvmTeardown};
+use volfence::snapshot::mount::{Fs, MountTeardown, Mounter, MOUNTINFO};
 
 #[derive(Debug, Clone)]
 struct Lv {
@@ -83,7 +83,7 @@ impl FakeLvm {
     }
 
     fn dev(&self, vg: &str, lv: &str) -> std::path::PathBuf {
-        self.host.path(crate::host::paths::DEV).join(vg).join(lv)
+        self.host.path(volfence::host::paths::DEV).join(vg).join(lv)
     }
 
     /// An LV with a filesystem holding `files`; `thin` puts it in pool "pool".
@@ -353,14 +353,14 @@ impl MountTeardown for FakeMounter {
         }
         let mi = self.host.path(MOUNTINFO);
         let text = std::fs::read_to_string(&mi)?;
-        let entries = crate::snapshot::mount::parse_mountinfo(&text);
+        let entries = volfence::snapshot::mount::parse_mountinfo(&text);
         if !entries.iter().any(|e| e.mount_point == t) {
             return Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL));
         }
         let kept: String = text
             .lines()
             .filter(|l| {
-                crate::snapshot::mount::parse_mountinfo(l)
+                volfence::snapshot::mount::parse_mountinfo(l)
                     .first()
                     .is_none_or(|e| e.mount_point != t)
             })
@@ -373,5 +373,37 @@ impl MountTeardown for FakeMounter {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volfence::lvm::{lvs_argv, parse_lvs};
+
+    const ORIGINS: &str = include_str!("../../../tests/fixtures/lvm/lvs-origins.json");
+    const NO_VG_STDERR: &str = include_str!("../../../tests/fixtures/lvm/lvs-novg.stderr");
+
+    #[test]
+    fn the_fake_prints_what_lvm_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeLvm::new(Host::new(dir.path()));
+        fake.add_lv("vgsnap", "ext", 100663296, false, Fs::Ext4, &[]);
+        let out = fake.lvs(&lvs_argv(Some("vgsnap"))).unwrap();
+        let real_line = ORIGINS
+            .lines()
+            .find(|l| l.contains("\"lv_name\":\"ext\""))
+            .unwrap();
+        assert!(
+            out.stdout.contains(real_line.trim().trim_end_matches(',')),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            parse_lvs(&out.stdout).unwrap(),
+            vec![parse_lvs(ORIGINS).unwrap()[0].clone()]
+        );
+        let miss = fake.lvs(&lvs_argv(Some("novg"))).unwrap();
+        assert_eq!((miss.code, miss.stderr.as_str()), (5, NO_VG_STDERR));
     }
 }
