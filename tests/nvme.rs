@@ -1001,7 +1001,13 @@ async fn dhchap_authenticates_and_refusals_leave_nothing() {
             )
             .await
             .unwrap_err();
-        assert!(matches!(e, NvmeError::Auth(_)), "{e}");
+        // A controller that fails to prove its secret races the host's failure2 on 6.12's
+        // nvmet (the target may drop the queue first): the kernel then answers EIO after its
+        // admin timeout, and the agent says what that EIO may mean.
+        let ctrl_race = nvme_env::real()
+            && opts.len() == 2
+            && matches!(&e, NvmeError::Kernel { source, .. } if source.raw_os_error() == Some(5));
+        assert!(matches!(e, NvmeError::Auth(_)) || ctrl_race, "{e}");
         assert!(e.to_string().contains(says), "{e}");
         assert!(env.controllers_of(nqn).is_empty(), "{e}: a controller left");
         assert!(v.list().is_empty(), "a refused connect leaves no volume");

@@ -354,6 +354,17 @@ impl Volumes {
                             (None, _) => "",
                         }
                     )),
+                    // Seen on 6.12 against nvmet: when the controller fails to prove
+                    // dhchap_ctrl_secret, the target can drop the queue before it answers the
+                    // host's failure2, and the connect ends after the admin timeout as EIO.
+                    Some(nix::libc::EIO) if a.dhchap_ctrl_secret.is_some() && !a.tls => {
+                        NvmeError::Kernel {
+                            what: format!(
+                                "{what} (with dhchap_ctrl_secret this is also how Linux ends a connect whose controller did not prove dhchap_ctrl_secret; the kernel log then says \"controller authentication failed\")"
+                            ),
+                            source,
+                        }
+                    }
                     _ => NvmeError::Kernel { what, source },
                 }
             })?;
