@@ -380,12 +380,19 @@ pub fn resource_list(group: &str) -> Value {
     } else {
         format!("{group}/v1")
     };
-    let resources: Vec<Value> = ALL
+    let resources: Vec<Value> = served_in(group)
         .into_iter()
-        .filter(|k| k.group() == group)
         .map(Kind::discovery_entry)
         .collect();
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+/// The kinds a group serves: their own, and Events again in `events.k8s.io` (one storage).
+pub fn served_in(group: &str) -> Vec<Kind> {
+    if group == crate::events_v1::GROUP {
+        return vec![Kind::Event];
+    }
+    ALL.into_iter().filter(|k| k.group() == group).collect()
 }
 
 fn groups() -> Vec<&'static str> {
@@ -394,6 +401,7 @@ fn groups() -> Vec<&'static str> {
         .map(Kind::group)
         .filter(|g| !g.is_empty())
         .collect();
+    g.push(crate::events_v1::GROUP);
     g.dedup();
     g
 }
@@ -417,9 +425,8 @@ pub fn aggregated(core: bool) -> Value {
     let items: Vec<Value> = names
         .into_iter()
         .map(|g| {
-            let resources: Vec<Value> = ALL
+            let resources: Vec<Value> = served_in(g)
                 .into_iter()
-                .filter(|k| k.group() == g)
                 .map(|k| {
                     json!({
                         "resource": k.plural(),

@@ -5,7 +5,8 @@
 //! real cluster instead.
 //!
 //! Served: discovery (legacy and aggregated), `/version`, `/readyz`, `/livez`; Namespaces,
-//! Leases (`coordination.k8s.io/v1`), Nodes, PersistentVolumes, PersistentVolumeClaims and Events:
+//! Leases (`coordination.k8s.io/v1`), Nodes, PersistentVolumes, PersistentVolumeClaims and Events
+//! (core/v1, and `events.k8s.io/v1` over the same storage, converted as the real server does):
 //! get, list and watch (label and field selectors, pagination, resourceVersion semantics), create,
 //! update, merge/strategic/JSON patch, server-side apply, delete with preconditions; Tables for
 //! `kubectl get`; managedFields per manager. Writes are admitted and validated as the real server
@@ -16,6 +17,7 @@
 //! pause/resume. In-process through [`Emulator::faults`]; over HTTP through
 //! `PUT /emulator/v1/faults/<token>` (JSON [`Faults`]) and `POST /emulator/v1/{pause,resume}`.
 
+mod events_v1;
 mod fields;
 mod kinds;
 mod patch;
@@ -64,13 +66,16 @@ struct Route {
     kind: Kind,
     namespace: String,
     name: Option<String>,
+    /// Events asked for through `events.k8s.io/v1`: the core storage, converted.
+    events_v1: bool,
 }
 
 fn route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (core, rest): (bool, &[&str]) = match segs.as_slice() {
-        ["api", "v1", rest @ ..] => (true, rest),
-        ["apis", "coordination.k8s.io", "v1", rest @ ..] => (false, rest),
+    let (core, events_v1, rest): (bool, bool, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => (true, false, rest),
+        ["apis", "coordination.k8s.io", "v1", rest @ ..] => (false, false, rest),
+        ["apis", events_v1::GROUP, "v1", rest @ ..] => (true, true, rest),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -82,7 +87,7 @@ fn route(path: &str) -> Option<Route> {
         [p, n] => (*p, Some(n.to_string())),
         _ => return None,
     };
-    let kind = Kind::from_path(core, plural)?;
+    let kind = Kind::from_path(core, plural).filter(|k| !events_v1 || *k == Kind::Event)?;
     if kind.namespaced() == namespace.is_empty() && name.is_some() {
         return None;
     }
@@ -93,6 +98,7 @@ fn route(path: &str) -> Option<Route> {
         kind,
         namespace,
         name,
+        events_v1,
     })
 }
 
@@ -438,12 +444,27 @@ impl Emulator {
             Some(m) => m.clone(),
             None => fields::manager_from_user_agent(Some(&agent)),
         };
-        let render = Render::new(r.kind, &accept, q.get("includeObject").map(String::as_str));
-        let result = self
-            .serve(
+        let mut render = Render::new(r.kind, &accept, q.get("includeObject").map(String::as_str));
+        if r.events_v1 {
+            render = render.events_v1();
+        }
+        let result = if r.events_v1 && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            self.write_events_v1(&r, &method, &body, &ctype, &manager, &render)
+                .map_err(events_v1::qualify)
+        } else {
+            self.serve(
                 &r, &method, &q, &body, &ctype, &manager, render, client, watching,
             )
-            .await;
+            .await
+            .map_err(|f| {
+                if r.events_v1 {
+                    events_v1::qualify(f)
+                } else {
+                    f
+                }
+            })
+        };
         Ok(result.unwrap_or_else(fail))
     }
 
@@ -473,6 +494,16 @@ impl Emulator {
             "/apis/coordination.k8s.io/v1" => {
                 full(StatusCode::OK, &kinds::resource_list("coordination.k8s.io"))
             }
+            "/apis/events.k8s.io/v1" => {
+                full(StatusCode::OK, &kinds::resource_list(events_v1::GROUP))
+            }
+            "/apis/events.k8s.io" => {
+                let v = json!({"groupVersion": events_v1::API_VERSION, "version": "v1"});
+                full(
+                    StatusCode::OK,
+                    &json!({"kind": "APIGroup", "apiVersion": "v1", "name": events_v1::GROUP, "versions": [v], "preferredVersion": v}),
+                )
+            }
             "/apis/coordination.k8s.io" => {
                 let v = json!({"groupVersion": "coordination.k8s.io/v1", "version": "v1"});
                 full(
@@ -488,6 +519,86 @@ impl Emulator {
                 .expect("response parts"),
             _ => return None,
         })
+    }
+
+    /// Writes through `events.k8s.io/v1`: converted to the core form, with this group's strict
+    /// checks on top of the core admission.
+    fn write_events_v1(
+        &self,
+        r: &Route,
+        method: &Method,
+        body: &Bytes,
+        ctype: &str,
+        manager: &str,
+        render: &Render,
+    ) -> Result<Response<Body>, ApiFail> {
+        let body: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiFail::new(
+                400,
+                "BadRequest",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        let w = Writer { manager };
+        let (sh, ns) = (&self.shared, r.namespace.as_str());
+        let name = r
+            .name
+            .as_deref()
+            .unwrap_or_else(|| body["metadata"]["name"].as_str().unwrap_or(""));
+        let invalid = |causes: Vec<status::Cause>| -> Result<(), ApiFail> {
+            if causes.is_empty() {
+                Ok(())
+            } else {
+                Err(ApiFail::invalid(Kind::Event, name, causes))
+            }
+        };
+        let stored = match (method, &r.name) {
+            (&Method::POST, None) => {
+                let core = events_v1::to_core(&body);
+                invalid(events_v1::create_causes(&core))?;
+                return Ok(full(
+                    StatusCode::CREATED,
+                    &render.one(sh.create(Kind::Event, ns, core, &w)?),
+                ));
+            }
+            (&Method::PUT, Some(n)) => {
+                let next = events_v1::to_core(&body);
+                let cur = sh.get(Kind::Event, ns, n)?;
+                invalid(events_v1::update_causes(&cur, &next))?;
+                sh.replace(Kind::Event, ns, n, next, &w)?.0
+            }
+            (&Method::PATCH, Some(n)) => {
+                let ptype = match ctype.split(';').next().unwrap_or_default().trim() {
+                    "application/merge-patch+json" => PatchType::Merge,
+                    "application/strategic-merge-patch+json" => PatchType::Strategic,
+                    "application/json-patch+json" => PatchType::Json,
+                    other => {
+                        return Err(ApiFail::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?}; this emulator does not apply through events.k8s.io)"),
+                        ))
+                    }
+                };
+                sh.modify(Kind::Event, ns, n, &w, |cur| {
+                    let mut v1 = events_v1::from_core(cur);
+                    store::apply_patch(&mut v1, &body, ptype)?;
+                    let next = events_v1::to_core(&v1);
+                    invalid(events_v1::update_causes(cur, &next))?;
+                    Ok(next)
+                })?
+            }
+            _ => {
+                return Err(ApiFail::new(
+                    405,
+                    "MethodNotAllowed",
+                    format!(
+                        "the server does not allow this method on the requested resource: {method}"
+                    ),
+                ))
+            }
+        };
+        Ok(full(StatusCode::OK, &render.one(stored)))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -368,6 +368,23 @@ impl Shared {
         ptype: PatchType,
         w: &Writer,
     ) -> Result<Value, ApiFail> {
+        self.modify(kind, namespace, name, w, |cur| {
+            let mut next = cur.clone();
+            apply_patch(&mut next, body, ptype)?;
+            Ok(next)
+        })
+    }
+
+    /// A read-modify-write under the store's lock: `f` makes the next object from the current
+    /// one. A resourceVersion `f` leaves changed is a precondition that failed (409).
+    pub fn modify(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        w: &Writer,
+        f: impl FnOnce(&Value) -> Result<Value, ApiFail>,
+    ) -> Result<Value, ApiFail> {
         let key = (kind, namespace.to_string(), name.to_string());
         let mut st = self.store.lock().unwrap();
         let cur = st
@@ -375,26 +392,7 @@ impl Shared {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiFail::not_found(kind, name))?;
-        let mut next = cur.clone();
-        let applied = match ptype {
-            PatchType::Merge => {
-                patch::merge(&mut next, body);
-                Ok(())
-            }
-            PatchType::Strategic => patch::strategic(&mut next, body),
-            PatchType::Json => patch::json_patch(&mut next, body),
-        };
-        applied.map_err(|e| {
-            ApiFail::new(
-                if ptype == PatchType::Json { 422 } else { 400 },
-                if ptype == PatchType::Json {
-                    "Invalid"
-                } else {
-                    "BadRequest"
-                },
-                format!("the server rejected our request due to an error in our request: {e}"),
-            )
-        })?;
+        let next = f(&cur)?;
         if next["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"] {
             return Err(ApiFail::conflict(kind, name));
         }
@@ -647,6 +645,26 @@ fn apply_conflict(kind: Kind, conflicts: &[(String, fields::Path)]) -> ApiFail {
         message,
         details: Some(json!({"causes": causes})),
     }
+}
+
+/// A merge, strategic-merge or JSON patch applied to `doc`, failing as the real server words it.
+pub fn apply_patch(doc: &mut Value, body: &Value, ptype: PatchType) -> Result<(), ApiFail> {
+    let applied = match ptype {
+        PatchType::Merge => {
+            patch::merge(doc, body);
+            Ok(())
+        }
+        PatchType::Strategic => patch::strategic(doc, body),
+        PatchType::Json => patch::json_patch(doc, body),
+    };
+    applied.map_err(|e| {
+        let json = ptype == PatchType::Json;
+        ApiFail::new(
+            if json { 422 } else { 400 },
+            if json { "Invalid" } else { "BadRequest" },
+            format!("the server rejected our request due to an error in our request: {e}"),
+        )
+    })
 }
 
 /// 504 for a resourceVersion the store has not reached.

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::events_v1;
 use super::kinds::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum Include {
 #[derive(Debug, Clone)]
 pub enum Render {
     Plain,
+    /// Plain objects of the core storage as `events.k8s.io/v1` serves them.
+    EventsV1,
     /// `headers`: column definitions still to send (a watch sends them with its first row only).
     Table {
         kind: Kind,
@@ -26,6 +29,14 @@ pub enum Render {
 }
 
 impl Render {
+    /// Plain responses through the `events.k8s.io/v1` view (Tables stay as core renders them).
+    pub fn events_v1(self) -> Render {
+        match self {
+            Render::Plain => Render::EventsV1,
+            t => t,
+        }
+    }
+
     /// From the Accept header and `includeObject`.
     pub fn new(kind: Kind, accept: &str, include: Option<&str>) -> Render {
         let wants_table = accept
@@ -94,6 +105,17 @@ impl Render {
     pub fn list(&self, list: Value) -> Value {
         match self {
             Render::Plain => list,
+            Render::EventsV1 => {
+                let mut list = list;
+                if let Some(items) = list["items"].as_array_mut() {
+                    for i in items.iter_mut() {
+                        *i = events_v1::from_core(i);
+                    }
+                }
+                list["kind"] = json!("EventList");
+                list["apiVersion"] = json!(events_v1::API_VERSION);
+                list
+            }
             Render::Table { kind, include, .. } => {
                 let items: Vec<&Value> = list["items"]
                     .as_array()
@@ -115,6 +137,9 @@ impl Render {
     pub fn one(&self, obj: Value) -> Value {
         match self {
             Render::Plain => obj,
+            // A Status (a delete's answer) is not an Event.
+            Render::EventsV1 if obj["kind"] == "Event" => events_v1::from_core(&obj),
+            Render::EventsV1 => obj,
             Render::Table { kind, include, .. } => Self::table(
                 *kind,
                 *include,
@@ -130,6 +155,8 @@ impl Render {
     pub fn row(&mut self, obj: &Value) -> Value {
         match self {
             Render::Plain => obj.clone(),
+            Render::EventsV1 if obj["kind"] == "Event" => events_v1::from_core(obj),
+            Render::EventsV1 => obj.clone(),
             Render::Table {
                 kind,
                 include,

@@ -345,3 +345,87 @@ async fn claims_are_served_and_events_are_validated_like_the_real_server() {
         .unwrap();
     assert_eq!(emu.events().len(), 1);
 }
+
+/// events.k8s.io/v1 as a Recorder uses it: a create read back through the core API (what
+/// `kubectl describe` lists), a series merge patch, and the strict checks of this group.
+#[tokio::test]
+async fn events_v1_is_the_core_storage_converted_with_the_strict_checks() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let emu = emulator().await;
+    let c = client(&emu, "a").await;
+    let v1: Api<Event> = Api::namespaced(c.clone(), "default");
+    let at = format!("{:.6}", jiff::Timestamp::now());
+    let ev: Event = serde_json::from_value(json!({
+        "metadata": {"name": "n1.1", "namespace": "default"},
+        "eventTime": at,
+        "regarding": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": "n1", "namespace": "default"},
+        "note": "held by n2",
+        "reason": "LeaseConflict",
+        "action": "Acquire",
+        "type": "Warning",
+        "reportingController": "volfence.io/volfenced",
+        "reportingInstance": "n1",
+    }))
+    .unwrap();
+    let made = v1.create(&PostParams::default(), &ev).await.unwrap();
+    assert_eq!(made.note.as_deref(), Some("held by n2"));
+    assert!(made.metadata.uid.is_some());
+    let core: Api<CoreEvent> = Api::namespaced(c.clone(), "default");
+    let seen = core
+        .list(&kube::api::ListParams::default().fields("involvedObject.name=n1"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].message.as_deref(), Some("held by n2"));
+    assert_eq!(
+        seen[0].reporting_component.as_deref(),
+        Some("volfence.io/volfenced")
+    );
+
+    // The Recorder's second occurrence: the same event with a series, as a merge patch.
+    let mut again = made.clone();
+    again.series =
+        Some(serde_json::from_value(json!({"count": 2, "lastObservedTime": at})).unwrap());
+    again.metadata.resource_version = None;
+    let patched = v1
+        .patch("n1.1", &PatchParams::default(), &Patch::Merge(&again))
+        .await
+        .unwrap();
+    assert_eq!(patched.series.unwrap().count, 2);
+    // A note is not rewritten, and a series needs a count of at least 2.
+    let s = |e: kube::Error| match e {
+        kube::Error::Api(s) => *s,
+        e => panic!("{e}"),
+    };
+    let e = s(v1
+        .patch(
+            "n1.1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"note": "other"})),
+        )
+        .await
+        .unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        "Event.events.k8s.io \"n1.1\" is invalid: message: Invalid value: \"other\": field is immutable"
+    );
+    // Strict on create: no eventTime, a bad type.
+    let mut bad = ev.clone();
+    bad.metadata.name = Some("n1.2".into());
+    bad.event_time = None;
+    bad.type_ = Some("Fatal".into());
+    let e = s(v1.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message.contains("eventTime: Required value"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("type: Invalid value"), "{}", e.message);
+    let e = s(v1.get("gone").await.unwrap_err());
+    assert_eq!(e.message, "events.events.k8s.io \"gone\" not found");
+    assert_eq!(emu.events().len(), 1);
+}
