@@ -149,14 +149,10 @@ fn main() {
             kubeconfig: Some(kc),
             request_timeout: Duration::from_secs(5),
         };
-        let client = volfence::fence::kube::client(&settings).await.unwrap();
-        let (leases, watch) = volfence::fence::kube::KubeLeases::start(
-            client,
-            "ns",
-            "bench",
-            T.lease_duration,
-            Duration::ZERO,
-        );
+        let client = volfence::cluster::client(&settings).await.unwrap();
+        let cluster = volfence::cluster::Cluster::from_client(client, "bench");
+        let (leases, watch) =
+            volfence::cluster::KubeLeases::start(&cluster, "ns", T.lease_duration, Duration::ZERO);
         tokio::spawn(watch);
         let holder = Holder {
             node: "bench".into(),

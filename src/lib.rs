@@ -2,10 +2,10 @@
 //! snapshots, driven over D-Bus.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
-pub mod events;
 pub mod fence;
 pub mod host;
 pub mod logging;

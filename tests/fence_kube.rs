@@ -67,9 +67,7 @@ impl Cluster {
                     kubeconfig: Some(path.clone()),
                     request_timeout: Duration::from_secs(5),
                 };
-                let client = rt
-                    .block_on(volfence::fence::kube::client(&settings))
-                    .unwrap();
+                let client = rt.block_on(volfence::cluster::client(&settings)).unwrap();
                 rt.block_on(ensure_namespace(&client, NS));
                 let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let suffix = format!("-{}-{n}", std::process::id());

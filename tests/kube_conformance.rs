@@ -183,7 +183,7 @@ async fn the_emulator_answers_as_a_real_server_does() {
             (Some(emu), p)
         }
     };
-    let client = volfence::fence::kube::client(&volfence::config::KubernetesSettings {
+    let client = volfence::cluster::client(&volfence::config::KubernetesSettings {
         kubeconfig: Some(kubeconfig),
         request_timeout: Duration::from_secs(10),
     })

@@ -575,7 +575,7 @@ async fn claim_cluster() -> ClaimCluster {
             (Some(emu), p, "disk-a".to_string())
         }
     };
-    let client = volfence::fence::kube::client(&volfence::config::KubernetesSettings {
+    let client = volfence::cluster::client(&volfence::config::KubernetesSettings {
         kubeconfig: Some(path.clone()),
         request_timeout: Duration::from_secs(5),
     })
@@ -606,12 +606,13 @@ async fn claim_cluster() -> ClaimCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_snapshot_of_a_claimed_volume_is_an_event_on_the_claim() {
-    use volfence::events::KubeSnapshotEvents;
     use volfence_kube_emulator::Faults;
     let r = rig().await;
     let k = claim_cluster().await;
     let claim: volfence::snapshot::PvcRef = format!("{}/{}", k.ns, k.name).parse().unwrap();
-    let reporter = Arc::new(KubeSnapshotEvents::new(k.client.clone(), "snap-test"));
+    let reporter = Arc::new(
+        volfence::cluster::Cluster::from_client(k.client.clone(), "snap-test").snapshot_reporter(),
+    );
     let claimed = |id: &str, lv: &str| StartRequest {
         claim: Some(claim.clone()),
         ..req(id, lv)

@@ -9,10 +9,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Cluster, KubeLeases};
 use crate::config::LeaseLossAction;
 use crate::config::{FenceBackend, Settings};
 use crate::dbus::{self, AgentInfo, LogControl};
-use crate::fence::kube::KubeLeases;
 use crate::fence::lease::KubeLease;
 use crate::fence::record;
 use crate::fence::standalone::FileLease;
@@ -50,7 +50,7 @@ pub enum DaemonError {
     Watchdog(#[from] crate::fence::watchdog::WatchdogError),
     /// The Kubernetes client could not be set up.
     #[error(transparent)]
-    Kube(#[from] crate::fence::kube::KubeError),
+    Kube(#[from] crate::cluster::KubeError),
     /// A state or runtime directory could not be created.
     #[error("cannot create {}: {source}", path.display())]
     Directory {
@@ -149,7 +149,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let state_dir = host.path(&settings.daemon.state_dir);
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
-    let mut kube_client = None;
+    let mut cluster = None;
     let backend = match settings.fence.backend {
         FenceBackend::Standalone => {
             let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
@@ -158,16 +158,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             AnyLease::File(FileLease::new(&state_dir, holder.clone()))
         }
         FenceBackend::Kubernetes => {
-            let client = crate::fence::kube::client(&settings.kubernetes).await?;
-            kube_client = Some(client.clone());
+            let c = Cluster::new(&settings.kubernetes, &holder.node).await?;
             let f = &settings.fence;
-            let (leases, watch) = KubeLeases::start(
-                client,
-                &f.lease_namespace,
-                &holder.node,
-                f.lease_duration,
-                f.observer_grace,
-            );
+            let (leases, watch) =
+                KubeLeases::start(&c, &f.lease_namespace, f.lease_duration, f.observer_grace);
             let s = shutdown.clone();
             tasks.spawn(async move {
                 tokio::select! {
@@ -175,6 +169,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     reason = watch => ("lease-watch", Err(reason)),
                 }
             });
+            cluster = Some(c);
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(
                 leases,
@@ -260,11 +255,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         Some(metrics.clone()),
     );
     // Without Kubernetes (standalone fence) a failure is in the journal and on D-Bus only.
-    let snapshots = match kube_client {
-        Some(c) => snapshots.with_reporter(Arc::new(crate::events::KubeSnapshotEvents::new(
-            c,
-            &holder.node,
-        ))),
+    let snapshots = match &cluster {
+        Some(c) => snapshots.with_reporter(Arc::new(c.snapshot_reporter())),
         None => snapshots,
     };
     snapshots.recover().await?;

@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FenceSettings, LeaseLossAction};
 
-pub mod kube;
 pub mod lease;
 pub mod observer;
 pub mod record;
 pub mod standalone;
 pub mod takeover;
 pub mod watchdog;
+
+pub use lease::{ApiError, LeaseApi, LeaseRecord};
 
 /// What the fence is doing, as shown on D-Bus (`FenceState`) and in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,52 @@
+//! The Kubernetes room: the only code that talks to the API server. It builds the one client
+//! (client.rs), owns one reflector store per kind it watches, each gated by kube-runtime's own
+//! readiness (leases.rs: the Leases of the fence's namespace), records Events through
+//! kube-runtime's Recorder (events.rs), and maps every answer of the server into one error type
+//! (error.rs). The domain rooms define the small traits they need ([`crate::fence::LeaseApi`],
+//! [`crate::snapshot::FailureReporter`]); this room implements them, and none of them imports it.
+
+mod client;
+mod error;
+mod events;
+mod leases;
+
+pub use client::{client, patch_params, post_params, KubeError, FIELD_MANAGER, USER_AGENT};
+pub use error::StatusError;
+pub use events::{bounded, EventSpec, Events, KubeSnapshotEvents, CONTROLLER};
+pub use leases::KubeLeases;
+
+use crate::config::KubernetesSettings;
+
+/// The agent's one client and its Recorder, from which the room's parts are made.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    events: Events,
+}
+
+impl Cluster {
+    /// Connects (lazily: no request is made here) as the agent on `node`.
+    pub async fn new(settings: &KubernetesSettings, node: &str) -> Result<Cluster, KubeError> {
+        Ok(Cluster::from_client(client(settings).await?, node))
+    }
+
+    pub fn from_client(client: kube::Client, node: &str) -> Cluster {
+        Cluster {
+            events: Events::new(client.clone(), node),
+            client,
+        }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Failed snapshots as Events on their claims.
+    pub fn snapshot_reporter(&self) -> KubeSnapshotEvents {
+        KubeSnapshotEvents::new(self.events.clone())
+    }
+}
