@@ -342,3 +342,213 @@ async fn long_operations_follow_renewals_and_stop_at_loss() {
     r.shutdown.cancel();
     r.task.await.unwrap();
 }
+
+/// An API server for `take_over` alone: leases and one claim, with a watch cache that sees a
+/// change only when told (`sync`), and a hook that runs between the claim read and the rest, as
+/// another host or a late watch would.
+struct ClaimServer {
+    inner: Mutex<ClaimState>,
+    observer: Mutex<observer::Observer>,
+}
+
+#[derive(Default, Clone)]
+struct ClaimState {
+    /// name → (resourceVersion, holder): what a GET returns.
+    leases: std::collections::BTreeMap<String, (u64, String)>,
+    /// What the watch cache holds.
+    cached: std::collections::BTreeMap<String, (u64, String)>,
+    /// (holder, version).
+    claim: Option<(String, u64)>,
+    rv: u64,
+    /// Runs once, right after the claim is read.
+    after_claim_read: Option<fn(&mut ClaimState)>,
+    swaps: usize,
+}
+
+impl ClaimState {
+    fn renew(&mut self, name: &str) {
+        self.rv += 1;
+        let holder = format!("{name}/boot");
+        self.leases.insert(name.into(), (self.rv, holder));
+    }
+}
+
+impl ClaimServer {
+    fn new(state: ClaimState) -> ClaimServer {
+        let s = ClaimServer {
+            inner: Mutex::new(state),
+            observer: Mutex::new(observer::Observer::new(
+                Duration::from_secs(10),
+                Duration::from_secs(1),
+            )),
+        };
+        s.sync();
+        s
+    }
+    /// The watch delivers what the server has.
+    fn sync(&self) {
+        let mut st = self.inner.lock().unwrap();
+        st.cached = st.leases.clone();
+        for (n, (rv, h)) in &st.cached {
+            self.observer
+                .lock()
+                .unwrap()
+                .observe(n, &rv.to_string(), Some(h), Instant::now());
+        }
+    }
+    fn record(name: &str, (rv, holder): &(u64, String)) -> LeaseRecord {
+        LeaseRecord {
+            name: name.into(),
+            resource_version: rv.to_string(),
+            holder: Some(holder.clone()),
+            lease_duration_seconds: 10,
+            lease_transitions: 1,
+            acquire_time: None,
+            renew_time: None,
+        }
+    }
+}
+
+impl LeaseApi for ClaimServer {
+    fn synced(&self) -> bool {
+        true
+    }
+    fn cached(&self, name: &str) -> Option<LeaseRecord> {
+        let st = self.inner.lock().unwrap();
+        st.cached.get(name).map(|l| Self::record(name, l))
+    }
+    async fn read(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
+        let st = self.inner.lock().unwrap();
+        let got = st.leases.get(name).map(|l| Self::record(name, l));
+        if let Some(r) = &got {
+            self.observer.lock().unwrap().observe(
+                name,
+                &r.resource_version,
+                r.holder.as_deref(),
+                Instant::now(),
+            );
+        }
+        Ok(got)
+    }
+    fn verdict(&self, name: &str) -> observer::Verdict {
+        self.observer.lock().unwrap().verdict(name, Instant::now())
+    }
+    async fn create(&self, _: &LeaseRecord) -> Result<LeaseRecord, ApiError> {
+        unreachable!("the takeover writes no lease")
+    }
+    async fn replace(&self, _: &LeaseRecord) -> Result<LeaseRecord, ApiError> {
+        unreachable!("the takeover writes no lease")
+    }
+    fn now_rfc3339(&self) -> String {
+        String::new()
+    }
+    async fn event(&self, _: &str, _: &str, _: &str, _: bool) {}
+}
+
+impl takeover::ClaimApi for ClaimServer {
+    async fn read_claim(&self, _: &str) -> Result<Option<takeover::ClaimRead>, ApiError> {
+        let mut st = self.inner.lock().unwrap();
+        let got = st.claim.clone().map(|(holder, v)| takeover::ClaimRead {
+            holder,
+            version: v.to_string(),
+        });
+        if let Some(hook) = st.after_claim_read.take() {
+            hook(&mut st);
+        }
+        Ok(got)
+    }
+    async fn swap_claim(&self, _: &str, version: &str, new_holder: &str) -> Result<(), ApiError> {
+        let mut st = self.inner.lock().unwrap();
+        match st.claim.clone() {
+            Some((_, v)) if v.to_string() == version => {
+                st.rv += 1;
+                st.claim = Some((new_holder.into(), st.rv));
+                st.swaps += 1;
+                Ok(())
+            }
+            _ => Err(ApiError::Conflict),
+        }
+    }
+}
+
+/// Every way a takeover attempt can end without moving the claim, each with the claim left as it
+/// was, and the one way it moves it.
+#[tokio::test(start_paused = true)]
+async fn take_over_moves_the_claim_only_from_a_silent_holder_with_our_holding() {
+    use takeover::{take_over, Takeover};
+    let r = rig(Duration::from_millis(50));
+    wait_state(&r.fence, FenceState::Held).await;
+    let guard = r.fence.guard().unwrap();
+    let base = {
+        let mut st = ClaimState::default();
+        st.renew("x");
+        st.renew("z");
+        st.rv += 1;
+        st.claim = Some(("x".into(), st.rv));
+        st
+    };
+    let attempt = |s: ClaimServer| {
+        let g = &guard;
+        async move {
+            let out = take_over(&s, g, "vol-a", "x", "n1").await.unwrap();
+            (out, s.inner.lock().unwrap().clone())
+        }
+    };
+    // Every server's watch saw x at t0 (now); `hook` runs right after the claim read.
+    let server = |claim: Option<(String, u64)>, hook: Option<fn(&mut ClaimState)>| {
+        let mut st = base.clone();
+        st.claim = claim;
+        st.after_claim_read = hook;
+        ClaimServer::new(st)
+    };
+    let xs = base.claim.clone();
+    let (absent, others) = (server(None, None), server(Some(("z".into(), 3)), None));
+    // x speaks after the claim was read: the cache has not seen it, the consistent read has.
+    let spoke = server(xs.clone(), Some(|st| st.renew("x")));
+    // The claim moves between our read and our swap (x re-stamped it): 409, re-decide.
+    let raced = server(
+        xs.clone(),
+        Some(|st| {
+            st.rv += 1;
+            st.claim = Some(("x".into(), st.rv));
+        }),
+    );
+    let (silent, fenced) = (server(xs.clone(), None), server(xs.clone(), None));
+
+    // x renewed just now: alive by our observer.
+    let (out, st) = attempt(server(xs.clone(), None)).await;
+    assert!(matches!(out, Takeover::HolderAlive), "{out:?}");
+    assert_eq!(st.swaps, 0);
+
+    // From here x has been silent for D + grace (10 s + 1 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for s in [absent, others] {
+        let (out, st) = attempt(s).await;
+        assert!(matches!(out, Takeover::NotVictims), "{out:?}");
+        assert_eq!(st.swaps, 0);
+    }
+    let (out, st) = attempt(spoke).await;
+    assert!(matches!(out, Takeover::HolderSpoke), "{out:?}");
+    assert_eq!((st.swaps, st.claim.unwrap().0.as_str()), (0, "x"));
+    let (out, st) = attempt(raced).await;
+    assert!(matches!(out, Takeover::Raced), "{out:?}");
+    assert_eq!((st.swaps, st.claim.unwrap().0.as_str()), (0, "x"));
+
+    // Silent holder, our holding: taken, with a guard of the same epoch.
+    let (out, st) = attempt(silent).await;
+    let Takeover::Taken(fresh) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(fresh.epoch(), guard.epoch());
+    assert_eq!((st.swaps, st.claim.unwrap().0.as_str()), (1, "n1"));
+
+    // Our holding ended: nothing is swapped, whatever the claim says.
+    r.store.lock().unwrap().reachable = false;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(r.fence.status().state, FenceState::Fenced);
+    let (out, st) = attempt(fenced).await;
+    assert!(matches!(out, Takeover::Fenced(_)), "{out:?}");
+    assert_eq!(st.swaps, 0);
+    r.shutdown.cancel();
+    r.task.await.unwrap();
+}
