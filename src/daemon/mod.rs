@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +23,11 @@ use crate::fence::{
     Timing,
 };
 use crate::host::{Host, HostError};
+use crate::lvm::LvmTools;
 use crate::metrics::{self, Metrics};
+use crate::nvme::kernel::{NvmeFabrics, Uevent};
 use crate::nvme::{self, volumes::Volumes};
+use crate::snapshot::mount::MountSyscalls;
 use crate::snapshot::Snapshots;
 
 pub mod notify;
@@ -118,14 +122,67 @@ impl LeaseBackend for AnyLease {
     }
 }
 
+/// What the agent reaches besides files: the kernel's fabrics device, udev, LVM and mount(2).
+/// [`Parts::system`] is the product's; integration tests start the same wiring with the
+/// testkit's fake kernel, LVM and mount.
+pub struct Parts {
+    pub fabrics: Arc<dyn NvmeFabrics>,
+    /// Where uevents arrive.
+    pub uevents: broadcast::Sender<Uevent>,
+    /// Whether the agent starts a netlink udev monitor feeding `uevents` (a fake kernel sends
+    /// on the channel itself).
+    pub udev_monitor: bool,
+    pub lvm: Arc<dyn LvmTools>,
+    pub mounter: Arc<dyn MountSyscalls>,
+}
+
+impl Parts {
+    /// The real kernel under `host`, the system's LVM tools and mount(2).
+    pub fn system(host: &Host) -> Parts {
+        Parts {
+            fabrics: Arc::new(nvme::kernel::KernelFabrics::new(host.clone())),
+            uevents: nvme::kernel::event_channel(),
+            udev_monitor: true,
+            lvm: Arc::new(crate::lvm::SystemLvm),
+            mounter: Arc::new(crate::snapshot::mount::SystemMounter),
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT (Ok) or a critical task dies (Err).
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    let parts = Parts::system(&opts.host);
+    run_with(opts, parts, stop).await
+}
+
+/// The agent's whole wiring over `parts`, until `stop` resolves (it names why: Ok) or a
+/// critical task dies (Err).
+pub async fn run_with(
+    opts: Options,
+    parts: Parts,
+    stop: impl std::future::Future<Output = &'static str>,
+) -> Result<(), DaemonError> {
     let Options {
         settings,
         host,
         config_files,
         log,
     } = opts;
+    let Parts {
+        fabrics,
+        uevents,
+        udev_monitor,
+        lvm,
+        mounter,
+    } = parts;
     let notifier = Notifier::from_env();
     notifier.status("starting");
     if config_files.is_empty() {
@@ -201,7 +258,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let volumes = start_volumes(
         &host,
         &settings,
-        &host.path(&settings.daemon.runtime_dir),
+        (fabrics, uevents, udev_monitor),
         metrics.clone(),
         &mut warnings,
     )
@@ -247,8 +304,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let snapshots = Snapshots::new(
         host.clone(),
-        crate::lvm::Lvm::new(Arc::new(crate::lvm::SystemLvm)),
-        Arc::new(crate::snapshot::mount::SystemMounter),
+        crate::lvm::Lvm::new(lvm),
+        mounter,
         settings.snapshots.clone(),
         &state_dir,
         fence.clone(),
@@ -374,11 +431,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         std::process::id()
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let outcome = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        why = stop => { tracing::info!("{why}: shutting down"); Ok(()) }
         Some(done) = tasks.join_next() => {
             let (task, reason) = match done {
                 Ok((task, Ok(()))) => (task, "exited".to_string()),
@@ -415,30 +469,33 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 async fn start_volumes(
     host: &Host,
     settings: &Settings,
-    runtime_dir: &std::path::Path,
+    (fabrics, events, udev_monitor): (Arc<dyn NvmeFabrics>, broadcast::Sender<Uevent>, bool),
     metrics: Arc<Metrics>,
     warnings: &mut Vec<String>,
 ) -> Result<Volumes, DaemonError> {
+    let runtime_dir = host.path(&settings.daemon.runtime_dir);
     let (identity, nqn_from, id_from) = nvme::identity::load(host, &settings.nvme)?;
     tracing::info!(
         "NVMe host NQN {} ({nqn_from:?}), host ID {} ({id_from:?})",
         identity.hostnqn,
         identity.hostid
     );
-    let events = nvme::kernel::event_channel();
-    if let Err(e) = nvme::kernel::spawn_udev_monitor(events.clone()) {
-        let w =
-            format!("no udev monitor ({e}): connects will wait until their deadline for devices");
-        tracing::error!("{w}");
-        warnings.push(w);
+    if udev_monitor {
+        if let Err(e) = nvme::kernel::spawn_udev_monitor(events.clone()) {
+            let w = format!(
+                "no udev monitor ({e}): connects will wait until their deadline for devices"
+            );
+            tracing::error!("{w}");
+            warnings.push(w);
+        }
     }
     let volumes = Volumes::new(
         host.clone(),
-        Arc::new(nvme::kernel::KernelFabrics::new(host.clone())),
+        fabrics,
         events,
         identity,
         settings.nvme.clone(),
-        runtime_dir.to_path_buf(),
+        runtime_dir,
         Some(metrics),
     );
     volumes.recover().await?;
