@@ -5,38 +5,16 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use support::{text, volfencectl, PrivateBus};
+use support::{ctl, text, Level, PrivateBus};
 use tokio_util::sync::CancellationToken;
 use volfence::config::{BusSpec, Settings};
 use volfence::daemon::{self, Parts};
-use volfence::dbus::LogControl;
 use volfence::host::Host;
 use volfence_testkit::lvm::{FakeLvm, FakeMounter};
 use volfence_testkit::nvme::FakeKernel;
-
-struct Level(Mutex<String>);
-impl LogControl for Level {
-    fn level(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-    fn set_level(&self, f: &str) -> Result<(), String> {
-        *self.0.lock().unwrap() = f.to_string();
-        Ok(())
-    }
-}
-
-async fn ctl(bus: &str, args: &[&str]) -> std::process::Output {
-    let (bus, args): (String, Vec<String>) = (
-        bus.to_string(),
-        args.iter().map(|s| s.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || volfencectl(&bus).args(&args).output().unwrap())
-        .await
-        .unwrap()
-}
 
 async fn until_held(
     bus: &str,
@@ -90,7 +68,7 @@ async fn the_real_wiring_over_the_fake_kernel_connects_serves_and_stops() {
         settings,
         host: host.clone(),
         config_files: vec![],
-        log: Arc::new(Level(Mutex::new("info".into()))),
+        log: Level::new("info"),
     };
     let stop = CancellationToken::new();
     let s = stop.clone();

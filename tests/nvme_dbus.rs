@@ -5,24 +5,12 @@
 mod nvme_env;
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_env::{Env, MIB};
-use support::{text, volfencectl, volfencectl_as_nobody, PrivateBus};
-use volfence::dbus::{self, AgentInfo, LogControl};
-
-/// Behaves like the daemon's log handle: keeps the level it was given.
-struct Level(Mutex<String>);
-impl LogControl for Level {
-    fn level(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-    fn set_level(&self, f: &str) -> Result<(), String> {
-        *self.0.lock().unwrap() = f.to_string();
-        Ok(())
-    }
-}
+use support::{ctl, text, volfencectl_as_nobody, Level, PrivateBus};
+use volfence::dbus::{self, AgentInfo};
 
 /// An idle snapshot manager over the fake LVM (this test is about volumes).
 fn snapshots(env: &Env) -> volfence::snapshot::Snapshots {
@@ -38,16 +26,6 @@ fn snapshots(env: &Env) -> volfence::snapshot::Snapshots {
         env.fence.clone(),
         None,
     )
-}
-
-async fn ctl(bus: &str, args: &[&str]) -> std::process::Output {
-    let (bus, args): (String, Vec<String>) = (
-        bus.to_string(),
-        args.iter().map(|s| s.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || volfencectl(&bus).args(&args).output().unwrap())
-        .await
-        .unwrap()
 }
 
 /// The agent's objects on `bus`, over `volumes` (no publisher: a test starts its own).
@@ -74,7 +52,7 @@ async fn serve(
         &conn,
         info,
         env.fence.clone(),
-        Arc::new(Level(Mutex::new("info".into()))),
+        Level::new("info"),
         volumes.clone(),
         snapshots(env),
     )

@@ -298,3 +298,33 @@ pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
     assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `volfencectl` on `bus` from async code (off the runtime's threads).
+pub async fn ctl(bus: &str, args: &[&str]) -> Output {
+    let (bus, args): (String, Vec<String>) = (
+        bus.to_string(),
+        args.iter().map(|s| s.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || volfencectl(&bus).args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Behaves like the daemon's log handle: keeps the level it was given.
+pub struct Level(pub std::sync::Mutex<String>);
+
+impl Level {
+    pub fn new(level: &str) -> std::sync::Arc<Level> {
+        std::sync::Arc::new(Level(std::sync::Mutex::new(level.into())))
+    }
+}
+
+impl volfence::dbus::LogControl for Level {
+    fn level(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+    fn set_level(&self, f: &str) -> Result<(), String> {
+        *self.0.lock().unwrap() = f.to_string();
+        Ok(())
+    }
+}

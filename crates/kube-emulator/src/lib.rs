@@ -568,16 +568,15 @@ impl Emulator {
                 sh.replace(Kind::Event, ns, n, next, &w)?.0
             }
             (&Method::PATCH, Some(n)) => {
-                let ptype = match ctype.split(';').next().unwrap_or_default().trim() {
-                    "application/merge-patch+json" => PatchType::Merge,
-                    "application/strategic-merge-patch+json" => PatchType::Strategic,
-                    "application/json-patch+json" => PatchType::Json,
-                    other => {
+                let ptype = match PatchType::from_media(ctype) {
+                    Some(t) => t,
+                    None => {
+                        let other = ctype.split(';').next().unwrap_or_default().trim();
                         return Err(ApiFail::new(
                             415,
                             "UnsupportedMediaType",
                             format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?}; this emulator does not apply through events.k8s.io)"),
-                        ))
+                        ));
                     }
                 };
                 sh.modify(Kind::Event, ns, n, &w, |cur| {
@@ -588,15 +587,7 @@ impl Emulator {
                     Ok(next)
                 })?
             }
-            _ => {
-                return Err(ApiFail::new(
-                    405,
-                    "MethodNotAllowed",
-                    format!(
-                        "the server does not allow this method on the requested resource: {method}"
-                    ),
-                ))
-            }
+            _ => return Err(ApiFail::method_not_allowed(method.as_str())),
         };
         Ok(full(StatusCode::OK, &render.one(stored)))
     }
@@ -653,11 +644,9 @@ impl Emulator {
                         "Forbidden: may not be specified for non-apply patch",
                     ));
                 }
-                let ptype = match media {
-                    "application/merge-patch+json" => PatchType::Merge,
-                    "application/strategic-merge-patch+json" => PatchType::Strategic,
-                    "application/json-patch+json" => PatchType::Json,
-                    "application/apply-patch+yaml" => {
+                let ptype = match (PatchType::from_media(media), media) {
+                    (Some(t), _) => t,
+                    (None, "application/apply-patch+yaml") => {
                         // JSON is YAML; the emulator reads only that form of it.
                         let config = parse(body)?;
                         let manager = q.get("fieldManager").map_or("", String::as_str);
@@ -666,7 +655,7 @@ impl Emulator {
                             (v, false) => full(StatusCode::OK, &v),
                         });
                     }
-                    other => {
+                    (None, other) => {
                         return Err(ApiFail::new(
                             415,
                             "UnsupportedMediaType",
@@ -687,15 +676,7 @@ impl Emulator {
                 };
                 (StatusCode::OK, sh.delete(kind, ns, n, &options)?)
             }
-            _ => {
-                return Err(ApiFail::new(
-                    405,
-                    "MethodNotAllowed",
-                    format!(
-                        "the server does not allow this method on the requested resource: {method}"
-                    ),
-                ))
-            }
+            _ => return Err(ApiFail::method_not_allowed(method.as_str())),
         };
         Ok(full(code, &v))
     }

@@ -77,6 +77,14 @@ impl ApiFail {
             details: Some(json!({"name": name, "group": kind.group(), "kind": kind.plural()})),
         }
     }
+    /// 405 for a verb the resource does not serve.
+    pub fn method_not_allowed(method: &str) -> ApiFail {
+        ApiFail::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource: {method}"),
+        )
+    }
     pub fn not_found(kind: Kind, name: &str) -> ApiFail {
         ApiFail::for_object(
             404,

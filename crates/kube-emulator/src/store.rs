@@ -95,6 +95,18 @@ pub enum PatchType {
     Json,
 }
 
+impl PatchType {
+    /// From a request's Content-Type (apply is not a patch type here: it has its own path).
+    pub fn from_media(content_type: &str) -> Option<PatchType> {
+        match content_type.split(';').next().unwrap_or_default().trim() {
+            "application/merge-patch+json" => Some(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
+            "application/json-patch+json" => Some(PatchType::Json),
+            _ => None,
+        }
+    }
+}
+
 /// Whole seconds, as the server writes Time fields (creationTimestamp, deletionTimestamp).
 fn now_rfc3339() -> String {
     format!("{:.0}", jiff::Timestamp::now())
