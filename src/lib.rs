@@ -1,6 +1,7 @@
 //! volfence: a host agent that fences NVMe/TCP volumes with a per-host lease and takes online LVM
 //! snapshots, driven over D-Bus.
 
+pub mod claims;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -1,5 +1,6 @@
 //! Kubernetes' name rules, as the API server applies them (apimachinery's IsDNS1123Label and
-//! IsDNS1123Subdomain), written once for every room that checks a name before sending it.
+//! IsDNS1123Subdomain), written once for every room that checks a name before sending it, and
+//! how a long name is made to fit a limit.
 
 /// A DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or
 /// digit, at most 63 characters (what a Namespace's name must be).
@@ -20,6 +21,22 @@ fn is_label_shaped(s: &str) -> bool {
         && b.iter().all(|c| alnum(c) || *c == b'-')
         && alnum(&b[0])
         && alnum(&b[b.len() - 1])
+}
+
+/// `s` if it fits in `max` bytes; else a prefix of it and a hash of all of it, so two long
+/// names that share a prefix stay apart. Stable across runs and versions (FNV-1a).
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut end = max - 17;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hash:016x}", &s[..end])
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ async fn serve(
         Level::new("info"),
         volumes.clone(),
         snapshots(env),
+        None,
     )
     .await
     .unwrap();

@@ -9,6 +9,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 
 use super::error::StatusError;
+use crate::names::bounded;
 use crate::snapshot::{FailureReport, FailureReporter};
 
 /// The API server refuses an Event note longer than this (bytes).
@@ -17,22 +18,6 @@ const NOTE_LIMIT: usize = 1024;
 const FIELD_LIMIT: usize = 128;
 /// `reportingController` of every Event (a qualified name, as the server requires).
 pub const CONTROLLER: &str = "volfence.io/volfenced";
-
-/// `s` if it fits in `max` bytes; else a prefix of it and a hash of all of it, so two long
-/// names that share a prefix stay apart. Stable across runs and versions (FNV-1a).
-pub fn bounded(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut end = max - 17;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}-{hash:016x}", &s[..end])
-}
 
 /// `message` cut on a character boundary to what the server accepts as a note.
 fn note(message: &str) -> String {

@@ -2,17 +2,20 @@
 //! (client.rs), owns one reflector store per kind it watches, each gated by kube-runtime's own
 //! readiness (leases.rs: the Leases of the fence's namespace), records Events through
 //! kube-runtime's Recorder (events.rs), and maps every answer of the server into one error type
-//! (error.rs). The domain rooms define the small traits they need ([`crate::fence::LeaseApi`],
-//! [`crate::snapshot::FailureReporter`]); this room implements them, and none of them imports it.
+//! (error.rs); the volumes' claims are Leases of the claims namespace, read with GETs (claims.rs).
+//! The domain rooms define the small traits they need ([`crate::fence::LeaseApi`],
+//! [`crate::snapshot::FailureReporter`], [`crate::claims::ClaimStore`]); this room implements them, and none of them imports it.
 
+mod claims;
 mod client;
 mod error;
 mod events;
 mod leases;
 
+pub use claims::KubeClaims;
 pub use client::{client, patch_params, post_params, KubeError, FIELD_MANAGER, USER_AGENT};
 pub use error::StatusError;
-pub use events::{bounded, EventSpec, Events, KubeSnapshotEvents, CONTROLLER};
+pub use events::{EventSpec, Events, KubeSnapshotEvents, CONTROLLER};
 pub use leases::KubeLeases;
 
 use crate::config::KubernetesSettings;

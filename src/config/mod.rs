@@ -84,6 +84,7 @@ pub struct RawConfig {
     pub daemon: Option<RawDaemon>,
     pub fence: Option<RawFence>,
     pub kubernetes: Option<RawKubernetes>,
+    pub claims: Option<RawClaims>,
     pub nvme: Option<RawNvme>,
     pub snapshots: Option<RawSnapshots>,
     pub dbus: Option<RawDbus>,
@@ -129,6 +130,13 @@ pub struct RawFence {
 pub struct RawKubernetes {
     pub kubeconfig: Option<PathBuf>,
     pub request_timeout: Option<DurationStr>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    pub namespace: Option<String>,
+    pub handoff_wait: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -197,6 +205,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kubernetes",
     "kubernetes.kubeconfig",
     "kubernetes.request_timeout",
+    "claims",
+    "claims.namespace",
+    "claims.handoff_wait",
     "nvme",
     "nvme.hostnqn",
     "nvme.hostid",
@@ -300,6 +311,7 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub fence: FenceSettings,
     pub kubernetes: KubernetesSettings,
+    pub claims: ClaimsSettings,
     pub nvme: NvmeSettings,
     pub snapshots: SnapshotSettings,
     pub dbus: BusSpec,
@@ -388,6 +400,15 @@ pub struct KubernetesSettings {
     /// None: in-cluster service account if present, else `KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub request_timeout: Duration,
+}
+
+/// Per-volume claims (ReadWriteOnce across hosts); used with the `kubernetes` fence backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimsSettings {
+    /// Where the claims (one Lease per volume) live.
+    pub namespace: String,
+    /// How long a Connect waits for another host's claim that is being released.
+    pub handoff_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1052,6 +1073,24 @@ impl RawConfig {
             )?,
         };
 
+        let cl = self.claims.unwrap_or_default();
+        let claims_namespace = cl.namespace.unwrap_or_else(|| "volfence-claims".into());
+        if !crate::claims::record::valid_namespace(&claims_namespace) {
+            return Err(c.err(
+                "claims.namespace",
+                format!("expected a namespace name (DNS label: lowercase letters, digits and '-', at most 63 characters), found {claims_namespace:?}"),
+            ));
+        }
+        let claims = ClaimsSettings {
+            namespace: claims_namespace,
+            handoff_wait: c.duration(
+                "claims.handoff_wait",
+                cl.handoff_wait,
+                Duration::from_secs(30),
+                Duration::ZERO..=Duration::from_secs(600),
+            )?,
+        };
+
         let n = self.nvme.unwrap_or_default();
         if let Some(q) = &n.hostnqn {
             validate_nqn(q).map_err(|e| c.err("nvme.hostnqn", e.to_string()))?;
@@ -1200,6 +1239,7 @@ impl RawConfig {
             daemon,
             fence,
             kubernetes,
+            claims,
             nvme,
             snapshots,
             dbus,

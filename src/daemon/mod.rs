@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, KubeLeases};
+use crate::claims::{Claims, VolumeClaims};
+use crate::cluster::{Cluster, KubeClaims, KubeLeases};
 use crate::config::LeaseLossAction;
 use crate::config::{FenceBackend, Settings};
 use crate::dbus::{self, AgentInfo, LogControl};
@@ -207,6 +208,7 @@ pub async fn run_with(
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     let mut cluster = None;
+    let mut claims: Option<Arc<dyn VolumeClaims>> = None;
     let backend = match settings.fence.backend {
         FenceBackend::Standalone => {
             let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
@@ -226,6 +228,12 @@ pub async fn run_with(
                     reason = watch => ("lease-watch", Err(reason)),
                 }
             });
+            claims = Some(Arc::new(Claims::new(
+                KubeClaims::new(&c, &settings.claims.namespace, &holder.node),
+                leases.clone(),
+                holder.clone(),
+                settings.claims.handoff_wait,
+            )));
             cluster = Some(c);
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(
@@ -317,6 +325,19 @@ pub async fn run_with(
         None => snapshots,
     };
     snapshots.recover().await?;
+    if let Some(c) = &claims {
+        // A crash between a Disconnect's device removal and its claim's release leaves a claim
+        // without a device: release it before serving. The API server may be away: the
+        // reconcile task tries again once the lease is held.
+        tasks::release_stale_claims(c.as_ref(), &volumes).await;
+        tasks.spawn(tasks::claims_reconcile(
+            c.clone(),
+            volumes.clone(),
+            fence.subscribe(),
+            fence.clone(),
+            shutdown.clone(),
+        ));
+    }
     let iface = dbus::serve(
         &conn,
         info,
@@ -324,6 +345,7 @@ pub async fn run_with(
         log,
         volumes.clone(),
         snapshots.clone(),
+        claims.clone(),
     )
     .await?;
     {

@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::Notifier;
 use super::TaskResult;
+use crate::claims::{Recheck, VolumeClaims};
 use crate::dbus;
-use crate::fence::{record, FenceStatus};
+use crate::fence::{record, Fence, FenceState, FenceStatus};
 use crate::metrics::Metrics;
+use crate::nvme::volumes::Volumes;
 
 /// systemd's STATUS= and the fence metrics, from every fence transition. STATUS= lines come
 /// only from here, so READY cannot overwrite a newer one.
@@ -73,6 +75,73 @@ pub async fn validity_record(
         tokio::select! {
             _ = shutdown.cancelled() => return ("validity-record", Ok(())),
             r = rx.changed() => if r.is_err() { return ("validity-record", Ok(())) },
+        }
+    }
+}
+
+/// Releases this node's claims whose volume is not connected here (a crash after a device was
+/// removed and before its claim was released). Logs what it could not do.
+pub async fn release_stale_claims(claims: &dyn VolumeClaims, volumes: &Volumes) {
+    let mine = match claims.mine().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("cannot list this node's claims yet: {e}");
+            return;
+        }
+    };
+    let connected: Vec<String> = volumes.list().into_iter().map(|v| v.volume_id).collect();
+    for c in mine.iter().filter(|c| !connected.contains(&c.volume_id)) {
+        match claims.release(&c.volume_id).await {
+            Ok(()) => tracing::info!(
+                VOLUME = c.volume_id.as_str(),
+                "released the claim of volume {}: it is not connected on this host",
+                c.volume_id
+            ),
+            Err(e) => tracing::warn!(VOLUME = c.volume_id.as_str(), "{e}"),
+        }
+    }
+}
+
+/// At every new holding (the first, and each after a loss): stale claims are released, and
+/// every volume still connected keeps its claim in the new epoch — or, if another host holds it
+/// now, is disconnected and reported, never taken back.
+pub async fn claims_reconcile(
+    claims: Arc<dyn VolumeClaims>,
+    volumes: Volumes,
+    mut rx: watch::Receiver<FenceStatus>,
+    fence: Fence,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    let mut done_epoch = 0;
+    loop {
+        let st = rx.borrow_and_update().clone();
+        if st.state == FenceState::Held && st.epoch != done_epoch {
+            if let Ok(guard) = fence.guard() {
+                release_stale_claims(claims.as_ref(), &volumes).await;
+                let mut complete = true;
+                for v in volumes.list() {
+                    match claims.recheck(&guard, &v.volume_id).await {
+                        Ok(Recheck::Kept(_)) => {}
+                        Ok(Recheck::Lost(_)) => {
+                            if let Err(e) = volumes.disconnect(&v.volume_id, None).await {
+                                tracing::error!(VOLUME = v.volume_id.as_str(), "{e}");
+                            }
+                        }
+                        Err(e) => {
+                            complete = false;
+                            tracing::warn!(VOLUME = v.volume_id.as_str(), "{e}");
+                        }
+                    }
+                }
+                if complete {
+                    done_epoch = guard.epoch();
+                }
+            }
+        }
+        // Not complete: try again at the next fence change (every renew changes validity).
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("claims-reconcile", Ok(())),
+            r = rx.changed() => if r.is_err() { return ("claims-reconcile", Ok(())) },
         }
     }
 }

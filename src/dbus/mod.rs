@@ -12,6 +12,7 @@ use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{interface, Connection, OwnedVariant, Variant};
 
+use crate::claims::{ClaimError, VolumeClaims};
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
 use crate::nvme::volumes::Volumes;
@@ -56,6 +57,9 @@ pub enum Error {
     Busy(String),
     /// The target refused this host's credentials, or did not prove its own.
     AuthenticationFailed(String),
+    /// Another live host holds the volume's claim; the message names it, its epoch and since
+    /// when.
+    Conflict(String),
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -63,6 +67,17 @@ pub enum Error {
 impl From<FenceError> for Error {
     fn from(e: FenceError) -> Self {
         Error::NotFenced(e.to_string())
+    }
+}
+
+impl From<ClaimError> for Error {
+    fn from(e: ClaimError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ClaimError::Conflict { .. } => Error::Conflict(msg),
+            ClaimError::NotFenced(_) => Error::NotFenced(msg),
+            ClaimError::Api { .. } | ClaimError::Record(_) => Error::Failed(msg),
+        }
     }
 }
 
@@ -109,6 +124,8 @@ pub struct Agent {
     /// The volumes' objects, shared with the publisher (see [`volumes::VolumeObjects`]).
     volume_objects: volumes::VolumeObjects,
     snapshots: Snapshots,
+    /// The volumes' claims (None with the standalone backend: one host, nothing to share).
+    claims: Option<Arc<dyn VolumeClaims>>,
 }
 
 fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
@@ -279,7 +296,27 @@ impl Agent {
         // A bad request is InvalidArgument whatever the fence says: validate before the guard.
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
-        let info = self.volumes.connect(&guard, req).await?;
+        let id = req.volume_id.clone();
+        if let Some(c) = &self.claims {
+            c.acquire(&guard, &id).await?;
+        }
+        let info = match self.volumes.connect(&guard, req).await {
+            Ok(info) => info,
+            Err(e) => {
+                // A claim for a volume that is not connected here would block every other host.
+                if let Some(c) = &self.claims {
+                    if !self.volumes.list().iter().any(|v| v.volume_id == id) {
+                        if let Err(r) = c.release(&id).await {
+                            tracing::warn!(
+                                VOLUME = id.as_str(),
+                                "the connect failed and its claim could not be released: {r}"
+                            );
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         // The reply names the volume's object: it exists before the caller can ask it.
         self.sync_volume_object(conn, &info.volume_id).await;
         Ok((info.device.clone(), volumes::info_dict(&info)))
@@ -299,7 +336,19 @@ impl Agent {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         crate::nvme::options::validate_volume_id(&volume_id)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Marked releasing first, so a Connect elsewhere waits for the handoff instead of
+        // failing. Best effort: a Disconnect must work while the API server is away.
+        if let Some(c) = &self.claims {
+            if let Err(e) = c.begin_release(&volume_id).await {
+                tracing::warn!(VOLUME = volume_id.as_str(), "{e}");
+            }
+        }
         self.volumes.disconnect(&volume_id, timeout).await?;
+        if let Some(c) = &self.claims {
+            c.release(&volume_id).await.map_err(|e| {
+                Error::Failed(format!("volume {volume_id} is disconnected, but its claim is not released yet ({e}): call Disconnect again"))
+            })?;
+        }
         // Gone from the bus when the caller hears so, as it appeared for `Connect`.
         self.sync_volume_object(conn, &volume_id).await;
         Ok(())
@@ -441,6 +490,7 @@ pub async fn serve(
     log: Arc<dyn LogControl>,
     volumes: Volumes,
     snapshots: Snapshots,
+    claims: Option<Arc<dyn VolumeClaims>>,
 ) -> Result<InterfaceRef<AgentIface>, ServeError> {
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
@@ -452,6 +502,7 @@ pub async fn serve(
         volumes,
         volume_objects: Default::default(),
         snapshots,
+        claims,
     };
     server.at(AGENT_PATH, ReadOnlyProps::new(agent)).await?;
     let reply = conn

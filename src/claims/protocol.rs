@@ -1,0 +1,394 @@
+//! Taking, keeping and letting go of a volume's claim. Every write is a compare-and-swap on the
+//! version read; a 409 means "re-read and re-decide", never "retry the same write". A claim is
+//! written only when it changes hands (connect, release, takeover), never on a timer: liveness
+//! comes from the holder's host lease.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::record::{object_name, Claim, RecordError};
+use crate::fence::observer::Verdict;
+use crate::fence::takeover::{self, ClaimApi, ClaimRead, Takeover};
+use crate::fence::{ApiError, FenceError, FenceGuard, Holder, LeaseApi, LeaseRecord};
+
+/// What the protocol needs from the API server for claims.
+pub trait ClaimStore: Send + Sync {
+    /// A consistent read (GET) of `volume_id`'s claim, checked.
+    fn read(
+        &self,
+        volume_id: &str,
+    ) -> impl Future<Output = Result<Option<Claim>, ClaimError>> + Send;
+    /// Creates it; `AlreadyExists` if someone was first.
+    fn create(&self, claim: &Claim) -> impl Future<Output = Result<Claim, ApiError>> + Send;
+    /// Writes it only if it still has `claim.version`; `Conflict` otherwise.
+    fn replace(&self, claim: &Claim) -> impl Future<Output = Result<Claim, ApiError>> + Send;
+    /// Deletes it only if it still has `claim.version`.
+    fn delete(&self, claim: &Claim) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// The claims this node holds (selected by its label).
+    fn mine(&self) -> impl Future<Output = Result<Vec<Claim>, ClaimError>> + Send;
+    /// Records an Event on `volume_id`'s claim (best effort).
+    fn event(
+        &self,
+        volume_id: &str,
+        reason: &str,
+        message: &str,
+        warning: bool,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Another live host holds the volume.
+    #[error("volume {volume} is claimed by {holder} (node {node}, epoch {epoch}{}): disconnect it there first, or wait until that host has fenced itself", since.as_ref().map(|s| format!(", since {s}")).unwrap_or_default())]
+    Conflict {
+        volume: String,
+        holder: String,
+        node: String,
+        epoch: u64,
+        since: Option<String>,
+    },
+    /// The holding this decision was made in ended.
+    #[error("not fenced: {0}")]
+    NotFenced(#[from] FenceError),
+    /// The API server did not let us decide.
+    #[error("claim of volume {volume}: {source}")]
+    Api {
+        volume: String,
+        #[source]
+        source: ApiError,
+    },
+    /// The stored claim is not one this agent can trust.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// How one acquire ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// It was free (or absent): created with our epoch.
+    Taken(Claim),
+    /// Already ours in this holding.
+    Reused(Claim),
+    /// Ours from an older epoch or boot: stamped with this holding.
+    Restamped(Claim),
+    /// Another host's, whose lease expired by the observer rule: moved to us by the proven
+    /// takeover. Names the previous holder and epoch.
+    TakenOver {
+        claim: Claim,
+        from: String,
+        from_epoch: u64,
+    },
+}
+
+impl Acquired {
+    pub fn claim(&self) -> &Claim {
+        match self {
+            Acquired::Taken(c) | Acquired::Reused(c) | Acquired::Restamped(c) => c,
+            Acquired::TakenOver { claim, .. } => claim,
+        }
+    }
+}
+
+/// What a re-check after a new holding found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still ours, now stamped with this holding.
+    Kept(Claim),
+    /// Another host holds it: the device must go.
+    Lost(Claim),
+}
+
+/// How many times a decision is re-made after a 409 before the caller is told: each 409 is
+/// progress by someone else, so this bounds a pathological race, not ordinary contention.
+const MAX_ROUNDS: usize = 64;
+/// How often a releasing claim is read again while waiting for the handoff.
+const HANDOFF_POLL: Duration = Duration::from_millis(200);
+
+/// The claims of one host: its store, the host-lease view the takeover decides by, and who it
+/// is.
+pub struct Claims<S, L> {
+    store: S,
+    leases: L,
+    me: Holder,
+    handoff_wait: Duration,
+}
+
+impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
+    pub fn new(store: S, leases: L, me: Holder, handoff_wait: Duration) -> Claims<S, L> {
+        Claims {
+            store,
+            leases,
+            me,
+            handoff_wait,
+        }
+    }
+
+    fn ours(&self, guard: &FenceGuard, volume_id: &str, base: Option<&Claim>) -> Claim {
+        Claim {
+            name: object_name(volume_id),
+            volume_id: volume_id.to_string(),
+            version: base.map(|c| c.version.clone()).unwrap_or_default(),
+            holder: self.me.identity(),
+            epoch: guard.epoch(),
+            generation: base.map_or(1, |c| c.generation.saturating_add(1)),
+            acquired: Some(self.leases.now_rfc3339()),
+            releasing: false,
+        }
+    }
+
+    fn api(volume_id: &str) -> impl Fn(ApiError) -> ClaimError + '_ {
+        move |source| ClaimError::Api {
+            volume: volume_id.to_string(),
+            source,
+        }
+    }
+
+    fn conflict(c: &Claim) -> ClaimError {
+        ClaimError::Conflict {
+            volume: c.volume_id.clone(),
+            holder: c.holder.clone(),
+            node: c.node().to_string(),
+            epoch: c.epoch,
+            since: c.acquired.clone(),
+        }
+    }
+
+    /// Makes `volume_id`'s claim ours in `guard`'s holding, or says who holds it.
+    pub async fn acquire(
+        &self,
+        guard: &FenceGuard,
+        volume_id: &str,
+    ) -> Result<Acquired, ClaimError> {
+        let api = Self::api(volume_id);
+        let mut waited_since: Option<tokio::time::Instant> = None;
+        for _ in 0..MAX_ROUNDS {
+            guard.refresh()?;
+            let Some(cur) = self.store.read(volume_id).await? else {
+                match self.store.create(&self.ours(guard, volume_id, None)).await {
+                    Ok(c) => return Ok(Acquired::Taken(c)),
+                    Err(ApiError::AlreadyExists) => continue,
+                    Err(e) => return Err(api(e)),
+                }
+            };
+            if cur.node() == self.me.node {
+                if cur.holder == self.me.identity() && cur.epoch == guard.epoch() && !cur.releasing
+                {
+                    return Ok(Acquired::Reused(cur));
+                }
+                match self
+                    .store
+                    .replace(&self.ours(guard, volume_id, Some(&cur)))
+                    .await
+                {
+                    Ok(c) => return Ok(Acquired::Restamped(c)),
+                    Err(ApiError::Conflict | ApiError::NotFound) => continue,
+                    Err(e) => return Err(api(e)),
+                }
+            }
+            match self.leases.verdict(cur.node()) {
+                Verdict::Expired { .. } => {}
+                _ if cur.releasing => {
+                    // An ordinary drain-and-move: the holder's Disconnect will delete it.
+                    let since = *waited_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= self.handoff_wait {
+                        return Err(Self::conflict(&cur));
+                    }
+                    tokio::time::sleep(HANDOFF_POLL).await;
+                    continue;
+                }
+                _ => return Err(Self::conflict(&cur)),
+            }
+            let attempt = Attempt {
+                store: &self.store,
+                leases: &self.leases,
+                next: self.ours(guard, volume_id, Some(&cur)),
+            };
+            match takeover::take_over(&attempt, guard, &cur.name, cur.node(), &self.me.node)
+                .await
+                .map_err(&api)?
+            {
+                Takeover::Taken(_) => {
+                    let claim = self.store.read(volume_id).await?.ok_or_else(|| {
+                        api(ApiError::Unavailable(
+                            "the claim vanished right after the takeover".into(),
+                        ))
+                    })?;
+                    return Ok(Acquired::TakenOver {
+                        claim,
+                        from: cur.holder.clone(),
+                        from_epoch: cur.epoch,
+                    });
+                }
+                Takeover::Raced | Takeover::NotVictims => continue,
+                Takeover::HolderAlive | Takeover::HolderSpoke => return Err(Self::conflict(&cur)),
+                Takeover::Fenced(e) => return Err(ClaimError::NotFenced(e)),
+            }
+        }
+        Err(api(ApiError::Unavailable(format!(
+            "the claim changed under {MAX_ROUNDS} decisions in a row"
+        ))))
+    }
+
+    /// Marks our claim releasing before the device goes (so a Connect elsewhere waits for the
+    /// handoff instead of failing). `None` when the claim is not ours: nothing to let go.
+    pub async fn begin_release(&self, volume_id: &str) -> Result<Option<Claim>, ClaimError> {
+        let api = Self::api(volume_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some(cur) = self.store.read(volume_id).await? else {
+                return Ok(None);
+            };
+            if cur.node() != self.me.node {
+                return Ok(None);
+            }
+            if cur.releasing {
+                return Ok(Some(cur));
+            }
+            let next = Claim {
+                releasing: true,
+                ..cur.clone()
+            };
+            match self.store.replace(&next).await {
+                Ok(c) => return Ok(Some(c)),
+                Err(ApiError::Conflict | ApiError::NotFound) => continue,
+                Err(e) => return Err(api(e)),
+            }
+        }
+        Err(api(ApiError::Unavailable(format!(
+            "the claim changed under {MAX_ROUNDS} reads in a row"
+        ))))
+    }
+
+    /// Deletes our claim (on the version read: a claim that moved on is not ours to delete).
+    /// Idempotent.
+    pub async fn release(&self, volume_id: &str) -> Result<(), ClaimError> {
+        let api = Self::api(volume_id);
+        for _ in 0..MAX_ROUNDS {
+            let Some(cur) = self.store.read(volume_id).await? else {
+                return Ok(());
+            };
+            if cur.node() != self.me.node {
+                return Ok(());
+            }
+            match self.store.delete(&cur).await {
+                Ok(()) | Err(ApiError::NotFound) => return Ok(()),
+                Err(ApiError::Conflict) => continue,
+                Err(e) => return Err(api(e)),
+            }
+        }
+        Err(api(ApiError::Unavailable(format!(
+            "the claim changed under {MAX_ROUNDS} reads in a row"
+        ))))
+    }
+
+    /// After a new holding begins, for a volume still connected here: keeps its claim (re-stamped
+    /// with the new epoch, or created if none exists). `Lost` when another host holds it now:
+    /// a claim that was taken over is never taken back.
+    pub async fn recheck(
+        &self,
+        guard: &FenceGuard,
+        volume_id: &str,
+    ) -> Result<Recheck, ClaimError> {
+        if let Some(cur) = self.store.read(volume_id).await? {
+            if cur.node() != self.me.node {
+                return Ok(Recheck::Lost(cur));
+            }
+        }
+        match self.acquire(guard, volume_id).await {
+            Ok(a) => Ok(Recheck::Kept(a.claim().clone())),
+            Err(ClaimError::Conflict { .. }) => match self.store.read(volume_id).await? {
+                Some(cur) => Ok(Recheck::Lost(cur)),
+                None => Err(ClaimError::Api {
+                    volume: volume_id.to_string(),
+                    source: ApiError::Unavailable(
+                        "the claim changed while it was re-checked".into(),
+                    ),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This node's claims as the server has them.
+    pub async fn mine(&self) -> Result<Vec<Claim>, ClaimError> {
+        self.store.mine().await
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+/// One takeover attempt's view: the claim store as the proven protocol needs it, writing
+/// `next` (our holder and epoch) on the swap.
+struct Attempt<'a, S, L> {
+    store: &'a S,
+    leases: &'a L,
+    next: Claim,
+}
+
+impl<S: ClaimStore, L: LeaseApi> LeaseApi for Attempt<'_, S, L> {
+    fn synced(&self) -> bool {
+        self.leases.synced()
+    }
+    fn cached(&self, name: &str) -> Option<LeaseRecord> {
+        self.leases.cached(name)
+    }
+    fn read(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LeaseRecord>, ApiError>> + Send {
+        self.leases.read(name)
+    }
+    fn verdict(&self, name: &str) -> Verdict {
+        self.leases.verdict(name)
+    }
+    fn create(
+        &self,
+        rec: &LeaseRecord,
+    ) -> impl Future<Output = Result<LeaseRecord, ApiError>> + Send {
+        self.leases.create(rec)
+    }
+    fn replace(
+        &self,
+        rec: &LeaseRecord,
+    ) -> impl Future<Output = Result<LeaseRecord, ApiError>> + Send {
+        self.leases.replace(rec)
+    }
+    fn now_rfc3339(&self) -> String {
+        self.leases.now_rfc3339()
+    }
+    fn event(
+        &self,
+        name: &str,
+        reason: &str,
+        message: &str,
+        warning: bool,
+    ) -> impl Future<Output = ()> + Send {
+        self.leases.event(name, reason, message, warning)
+    }
+}
+
+impl<S: ClaimStore, L: LeaseApi> ClaimApi for Attempt<'_, S, L> {
+    async fn read_claim(&self, _claim: &str) -> Result<Option<ClaimRead>, ApiError> {
+        match self.store.read(&self.next.volume_id).await {
+            Ok(c) => Ok(c.map(|c| ClaimRead {
+                holder: c.node().to_string(),
+                version: c.version,
+            })),
+            Err(ClaimError::Api { source, .. }) => Err(source),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+    async fn swap_claim(
+        &self,
+        _claim: &str,
+        version: &str,
+        _new_holder: &str,
+    ) -> Result<(), ApiError> {
+        let next = Claim {
+            version: version.to_string(),
+            ..self.next.clone()
+        };
+        self.store.replace(&next).await.map(|_| ())
+    }
+}

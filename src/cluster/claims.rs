@@ -1,0 +1,191 @@
+//! [`ClaimStore`] on `coordination.k8s.io/v1` Leases in the claims namespace, one per volume:
+//! holderIdentity `<node>/<boot_id>`, leaseTransitions the claim's generation, acquireTime, the
+//! volume id, the holder's epoch and the releasing mark in annotations, the holder's node in a
+//! label (each agent lists only its own). No leaseDurationSeconds: a claim does not expire by
+//! itself; its holder's host lease does. Reads are GETs (consistent), never a cache.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::Api;
+use serde_json::json;
+
+use super::client::post_params;
+use super::error::StatusError;
+use super::events::{EventSpec, Events};
+use crate::claims::record::{
+    self, node_label, object_name, Claim, Stored, CLAIM_LABEL, EPOCH_ANNOTATION, NODE_LABEL,
+    RELEASING_ANNOTATION, VOLUME_ANNOTATION,
+};
+use crate::claims::{ClaimError, ClaimStore};
+use crate::fence::ApiError;
+
+/// The claims namespace as this node reads and writes it.
+#[derive(Clone)]
+pub struct KubeClaims {
+    api: Api<Lease>,
+    events: Events,
+    namespace: String,
+    node: String,
+}
+
+impl KubeClaims {
+    pub fn new(cluster: &super::Cluster, namespace: &str, node: &str) -> KubeClaims {
+        KubeClaims {
+            api: Api::namespaced(cluster.client().clone(), namespace),
+            events: cluster.events().clone(),
+            namespace: namespace.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    fn lease(&self, c: &Claim) -> Result<Lease, ApiError> {
+        let mut annotations = BTreeMap::from([
+            (VOLUME_ANNOTATION.to_string(), c.volume_id.clone()),
+            (EPOCH_ANNOTATION.to_string(), c.epoch.to_string()),
+        ]);
+        if c.releasing {
+            annotations.insert(RELEASING_ANNOTATION.into(), "true".into());
+        }
+        let mut meta = json!({
+            "name": c.name,
+            "namespace": self.namespace,
+            "labels": {
+                CLAIM_LABEL: "true",
+                NODE_LABEL: node_label(c.node()),
+                "app.kubernetes.io/managed-by": "volfence",
+            },
+            "annotations": annotations,
+        });
+        if !c.version.is_empty() {
+            meta["resourceVersion"] = json!(c.version);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": c.holder,
+                "leaseTransitions": c.generation,
+                "acquireTime": c.acquired,
+            },
+        }))
+        .map_err(|e| ApiError::Unavailable(format!("building claim {}: {e}", c.name)))
+    }
+}
+
+fn claim_of(l: &Lease, wanted: Option<&str>) -> Result<Claim, record::RecordError> {
+    let spec = l.spec.clone().unwrap_or_default();
+    let ann = l.metadata.annotations.clone().unwrap_or_default();
+    let acquired = spec
+        .acquire_time
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_string));
+    record::parse(
+        Stored {
+            name: l.metadata.name.as_deref().unwrap_or_default(),
+            version: l.metadata.resource_version.as_deref().unwrap_or_default(),
+            holder: spec.holder_identity.as_deref(),
+            generation: spec.lease_transitions,
+            acquired,
+            volume_id: ann.get(VOLUME_ANNOTATION).map(String::as_str),
+            epoch: ann.get(EPOCH_ANNOTATION).map(String::as_str),
+            releasing: ann.get(RELEASING_ANNOTATION).map(String::as_str),
+        },
+        wanted,
+    )
+}
+
+fn api_error(e: &kube::Error) -> ApiError {
+    StatusError::from_kube(e).into()
+}
+
+impl ClaimStore for KubeClaims {
+    async fn read(&self, volume_id: &str) -> Result<Option<Claim>, ClaimError> {
+        match self.api.get_opt(&object_name(volume_id)).await {
+            Ok(Some(l)) => Ok(Some(claim_of(&l, Some(volume_id))?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ClaimError::Api {
+                volume: volume_id.to_string(),
+                source: api_error(&e),
+            }),
+        }
+    }
+
+    async fn create(&self, claim: &Claim) -> Result<Claim, ApiError> {
+        let made = self
+            .api
+            .create(&post_params(), &self.lease(claim)?)
+            .await
+            .map_err(|e| api_error(&e))?;
+        claim_of(&made, Some(&claim.volume_id)).map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    async fn replace(&self, claim: &Claim) -> Result<Claim, ApiError> {
+        // A PUT carries the resourceVersion read: 409 if the claim moved on.
+        let put = self
+            .api
+            .replace(&claim.name, &post_params(), &self.lease(claim)?)
+            .await
+            .map_err(|e| api_error(&e))?;
+        claim_of(&put, Some(&claim.volume_id)).map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    async fn delete(&self, claim: &Claim) -> Result<(), ApiError> {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(claim.version.clone()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        self.api
+            .delete(&claim.name, &dp)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_error(&e))
+    }
+
+    async fn mine(&self) -> Result<Vec<Claim>, ClaimError> {
+        let sel = format!("{CLAIM_LABEL}=true,{NODE_LABEL}={}", node_label(&self.node));
+        let list = self
+            .api
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .map_err(|e| ClaimError::Api {
+                volume: "*".into(),
+                source: api_error(&e),
+            })?;
+        let mut out = Vec::new();
+        for l in list.items {
+            match claim_of(&l, None) {
+                // Another node whose label collides with ours after hashing is not ours.
+                Ok(c) if c.node() == self.node => out.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("skipping a claim this agent cannot read: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn event(&self, volume_id: &str, reason: &str, message: &str, warning: bool) {
+        let regarding = ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(object_name(volume_id)),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let spec = EventSpec {
+            reason,
+            action: reason,
+            message,
+            warning,
+        };
+        if let Err(e) = self.events.publish(&regarding, &spec).await {
+            tracing::warn!("cannot record event {reason} on the claim of {volume_id}: {e}");
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! ReadWriteOnce across hosts: two real agents (`daemon::run_with`, distinct node names and host
+//! identities, each over its own fake kernel and private bus) share one API server and claim
+//! volumes through it. Driven by `volfencectl` as an operator would.
+//!
+//! Against the in-process emulator by default. With `KUBECONFIG` set the tests without fault
+//! injection run against that cluster instead, in namespaces of their own that they delete.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{ctl, text, Level, PrivateBus};
+use tokio_util::sync::CancellationToken;
+use volfence::config::{BusSpec, FenceBackend, LeaseLossAction, Settings};
+use volfence::daemon::{self, Parts};
+use volfence::host::Host;
+use volfence_kube_emulator::{Emulator, Faults};
+use volfence_testkit::lvm::{FakeLvm, FakeMounter};
+use volfence_testkit::nvme::FakeKernel;
+
+const NQN: &str = "nqn.2024-01.io.volfence.test:claims";
+
+/// The API server both agents use, and the namespaces of this test.
+struct Api {
+    emu: Option<Emulator>,
+    /// Kubeconfig files by client name (the emulator tells clients apart by token).
+    dir: tempfile::TempDir,
+    real: Option<PathBuf>,
+    leases: String,
+    claims: String,
+}
+
+impl Api {
+    async fn start(tag: &str) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let (emu, real, leases, claims) = match std::env::var_os("KUBECONFIG") {
+            Some(kc) => {
+                let suffix = format!("{}-{}", std::process::id(), tag);
+                (
+                    None,
+                    Some(PathBuf::from(kc)),
+                    format!("vf-leases-{suffix}"),
+                    format!("vf-claims-{suffix}"),
+                )
+            }
+            None => {
+                let emu = Emulator::start("127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+                (
+                    Some(emu),
+                    None,
+                    "volfence-system".to_string(),
+                    "volfence-claims".to_string(),
+                )
+            }
+        };
+        let api = Api {
+            emu,
+            dir,
+            real,
+            leases,
+            claims,
+        };
+        let client = api.client().await;
+        for ns in [&api.leases, &api.claims] {
+            support::ensure_namespace(&client, ns).await;
+        }
+        api
+    }
+
+    fn kubeconfig(&self, who: &str) -> PathBuf {
+        match (&self.emu, &self.real) {
+            (Some(emu), _) => {
+                let p = self.dir.path().join(who);
+                std::fs::write(&p, emu.kubeconfig(who)).unwrap();
+                p
+            }
+            (None, Some(real)) => real.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    async fn client(&self) -> kube::Client {
+        volfence::cluster::client(&volfence::config::KubernetesSettings {
+            kubeconfig: Some(self.kubeconfig("test")),
+            request_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The claim object of `volume`, as the server has it.
+    async fn claim(&self, volume: &str) -> Option<k8s_openapi::api::coordination::v1::Lease> {
+        let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(self.client().await, &self.claims);
+        api.get_opt(&volfence::claims::record::object_name(volume))
+            .await
+            .unwrap()
+    }
+
+    async fn event_reasons(&self) -> Vec<String> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Event> =
+            kube::Api::namespaced(self.client().await, &self.claims);
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// Namespaces made on a real cluster go again.
+    async fn cleanup(self) {
+        if self.real.is_some() {
+            let client = self.client().await;
+            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+            for ns in [&self.leases, &self.claims] {
+                let _ = api.delete(ns, &Default::default()).await;
+            }
+        }
+    }
+}
+
+/// One agent: its own root, fake kernel (with the shared target), bus and node name.
+struct Agent {
+    bus: PrivateBus,
+    kernel: FakeKernel,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
+    _root: tempfile::TempDir,
+}
+
+impl Agent {
+    async fn start(api: &Api, node: &str, boot: &str, on_loss: LeaseLossAction) -> Agent {
+        let bus = PrivateBus::start();
+        let root = tempfile::tempdir().unwrap();
+        volfence_testkit::host::populate(root.path(), boot, node).unwrap();
+        let host = Host::new(root.path());
+        let mut s = Settings::defaults(node);
+        s.dbus = BusSpec::Address(bus.address.clone());
+        s.metrics.listen = None;
+        s.fence.backend = FenceBackend::Kubernetes;
+        s.fence.lease_namespace = api.leases.clone();
+        // 2 × R + M ≤ D, as the configuration requires.
+        s.fence.lease_duration = Duration::from_secs(4);
+        s.fence.renew_interval = Duration::from_secs(1);
+        s.fence.safety_margin = Duration::from_secs(1);
+        s.fence.observer_grace = Duration::ZERO;
+        s.fence.on_lease_loss = on_loss;
+        s.kubernetes.kubeconfig = Some(api.kubeconfig(node));
+        s.claims.namespace = api.claims.clone();
+        s.claims.handoff_wait = Duration::from_secs(3);
+        let uevents = volfence::nvme::kernel::event_channel();
+        let kernel = FakeKernel::new(host.clone(), uevents.clone(), true);
+        kernel.add_target(
+            NQN,
+            &[("127.0.0.1".parse().unwrap(), 4420)],
+            (1..=4)
+                .map(|n| FakeKernel::namespace(NQN, n, 16 << 20))
+                .collect(),
+        );
+        let parts = Parts {
+            fabrics: Arc::new(kernel.clone()),
+            uevents,
+            udev_monitor: false,
+            lvm: Arc::new(FakeLvm::new(host.clone())),
+            mounter: Arc::new(FakeMounter::new(host.clone())),
+        };
+        let opts = daemon::Options {
+            settings: s,
+            host,
+            config_files: vec![],
+            log: Level::new("info"),
+        };
+        let stop = CancellationToken::new();
+        let st = stop.clone();
+        let task = tokio::spawn(async move {
+            daemon::run_with(opts, parts, async move {
+                st.cancelled().await;
+                "test stop"
+            })
+            .await
+        });
+        let a = Agent {
+            bus,
+            kernel,
+            stop,
+            task,
+            _root: root,
+        };
+        a.until_state("held").await;
+        a
+    }
+
+    async fn until_state(&self, want: &str) -> serde_json::Value {
+        let mut last = String::new();
+        for _ in 0..400 {
+            assert!(
+                !self.task.is_finished(),
+                "the agent stopped; last status {last}"
+            );
+            let out = ctl(&self.bus.address, &["status", "--json"]).await;
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if v["FenceState"] == want {
+                    return v;
+                }
+                last = v.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fence state {want} not reached; last status {last}");
+    }
+
+    async fn connect(&self, volume: &str, nsid: u32) -> std::process::Output {
+        let nsid = nsid.to_string();
+        ctl(
+            &self.bus.address,
+            &[
+                "connect",
+                volume,
+                "--nqn",
+                NQN,
+                "--traddr",
+                "127.0.0.1",
+                "--nsid",
+                &nsid,
+                "--json",
+            ],
+        )
+        .await
+    }
+
+    async fn disconnect(&self, volume: &str) -> std::process::Output {
+        ctl(&self.bus.address, &["disconnect", volume]).await
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+        r.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_is_a_conflict_and_a_disconnect_hands_the_volume_over() {
+    let api = Api::start("conflict").await;
+    let a = Agent::start(
+        &api,
+        "node-a",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000001",
+        LeaseLossAction::Disconnect,
+    )
+    .await;
+    let b = Agent::start(
+        &api,
+        "node-b",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000002",
+        LeaseLossAction::Disconnect,
+    )
+    .await;
+
+    let out = a.connect("vol-x", 1).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let claim = api.claim("vol-x").await.expect("a claim for vol-x");
+    let spec = claim.spec.unwrap();
+    assert!(spec.holder_identity.unwrap().starts_with("node-a/"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    let labels = claim.metadata.labels.unwrap();
+    assert_eq!(labels["volfence.io/holder-node"], "node-a");
+    // Connecting again is idempotent and writes nothing.
+    let rv = claim.metadata.resource_version;
+    assert!(a.connect("vol-x", 1).await.status.success());
+    assert_eq!(
+        api.claim("vol-x").await.unwrap().metadata.resource_version,
+        rv
+    );
+
+    let out = b.connect("vol-x", 1).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("org.volfence.Error.Conflict"), "{said}");
+    assert!(
+        said.contains("node-a") && said.contains("epoch 1"),
+        "{said}"
+    );
+    assert!(
+        b.kernel.controllers().is_empty(),
+        "a refused connect touches no device"
+    );
+    assert!(api
+        .event_reasons()
+        .await
+        .contains(&"VolumeConflict".to_string()));
+
+    // A's Disconnect releases the claim (no object left); B's Connect then takes it.
+    let out = a.disconnect("vol-x").await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(api.claim("vol-x").await.is_none(), "no garbage claim");
+    let out = b.connect("vol-x", 1).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(api
+        .claim("vol-x")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap()
+        .starts_with("node-b/"));
+    assert!(b.disconnect("vol-x").await.status.success());
+    // Disconnecting what is not connected is fine, and leaves others' claims alone.
+    assert!(b.disconnect("vol-x").await.status.success());
+    a.stop().await;
+    b.stop().await;
+    api.cleanup().await;
+}
+
+/// Both agents connect the same volume at the same instant, 100 times: each time exactly one
+/// wins, and the loser's kernel never saw a controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_connecting_one_volume_at_once_one_wins_every_time() {
+    let api = Api::start("race").await;
+    let a = Agent::start(
+        &api,
+        "node-a",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000003",
+        LeaseLossAction::Disconnect,
+    )
+    .await;
+    let b = Agent::start(
+        &api,
+        "node-b",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000004",
+        LeaseLossAction::Disconnect,
+    )
+    .await;
+    let mut wins = [0, 0];
+    for i in 0..100 {
+        let vol = format!("race-{i}");
+        let (ra, rb) = tokio::join!(a.connect(&vol, 2), b.connect(&vol, 2));
+        let ok = [ra.status.success(), rb.status.success()];
+        assert_eq!(
+            ok.iter().filter(|x| **x).count(),
+            1,
+            "round {i}: {} / {}",
+            text(&ra),
+            text(&rb)
+        );
+        let (winner, loser, out) = if ok[0] { (&a, &b, &rb) } else { (&b, &a, &ra) };
+        assert!(
+            text(out).contains("org.volfence.Error.Conflict"),
+            "round {i}: {}",
+            text(out)
+        );
+        assert!(loser.kernel.controllers().is_empty(), "round {i}");
+        wins[usize::from(!ok[0])] += 1;
+        assert!(winner.disconnect(&vol).await.status.success());
+    }
+    assert!(api.claim("race-99").await.is_none());
+    println!("wins: node-a {}, node-b {}", wins[0], wins[1]);
+    a.stop().await;
+    b.stop().await;
+    api.cleanup().await;
+}
+
+/// A partitioned holder fences itself; only after its lease expired by the observer rule does
+/// the other agent take the volume over. When the old holder comes back (here with
+/// on_lease_loss = refuse, so its device stayed), it finds the claim gone and disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_waits_for_the_holders_fence_and_the_loser_lets_go() {
+    let api = Api::start("takeover").await;
+    let Some(emu) = api.emu.as_ref() else {
+        return; // needs fault injection
+    };
+    let a = Agent::start(
+        &api,
+        "node-a",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000005",
+        LeaseLossAction::Refuse,
+    )
+    .await;
+    let b = Agent::start(
+        &api,
+        "node-b",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000000006",
+        LeaseLossAction::Disconnect,
+    )
+    .await;
+    assert!(a.connect("vol-t", 3).await.status.success());
+
+    emu.faults(
+        "node-a",
+        Faults {
+            partition: true,
+            ..Faults::default()
+        },
+    );
+    let cut = std::time::Instant::now();
+    // B keeps trying from the partition on, while A's fence is watched: B must win only after
+    // A has fenced itself (A stops at s + D − M, B may act at s + D: M = 1 s apart).
+    let (fenced_at, took) = tokio::join!(
+        async {
+            a.until_state("fenced").await;
+            cut.elapsed()
+        },
+        async {
+            let mut refused = 0;
+            loop {
+                let out = b.connect("vol-t", 3).await;
+                if out.status.success() {
+                    break (cut.elapsed(), refused);
+                }
+                assert!(
+                    text(&out).contains("org.volfence.Error.Conflict"),
+                    "{}",
+                    text(&out)
+                );
+                refused += 1;
+                assert!(cut.elapsed() < Duration::from_secs(30), "never taken over");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    );
+    let (took, refused) = took;
+    assert!(refused > 0, "B was refused while A's lease was live");
+    assert!(
+        took > fenced_at,
+        "B took over at {took:?}, A fenced at {fenced_at:?}"
+    );
+    println!(
+        "A fenced {fenced_at:?} after the partition, B took over at {took:?} ({refused} refusals)"
+    );
+    let spec = api.claim("vol-t").await.unwrap().spec.unwrap();
+    assert!(spec.holder_identity.unwrap().starts_with("node-b/"));
+    assert_eq!(spec.lease_transitions, Some(2));
+    assert!(api
+        .event_reasons()
+        .await
+        .contains(&"VolumeTakenOver".to_string()));
+    assert_eq!(a.kernel.controllers().len(), 1, "refuse keeps A's device");
+
+    emu.faults("node-a", Faults::default());
+    a.until_state("held").await;
+    for _ in 0..100 {
+        if a.kernel.controllers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.kernel.controllers().is_empty(),
+        "A let go of the volume it lost"
+    );
+    let holder = api
+        .claim("vol-t")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert!(
+        holder.starts_with("node-b/"),
+        "A did not take it back: {holder}"
+    );
+    assert!(api
+        .event_reasons()
+        .await
+        .contains(&"VolumeLost".to_string()));
+    a.stop().await;
+    b.stop().await;
+}
