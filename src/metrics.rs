@@ -51,6 +51,13 @@ pub struct Metrics {
     pub snapshot_jobs: Family<StateLabel, Gauge>,
     pub snapshot_step_seconds: Family<OpLabel, Histogram>,
     pub snapshot_cow_aborts: Counter,
+    pub claim_decisions: Family<OutcomeLabel, Counter>,
+    pub claim_handoff_waits: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,7 +176,21 @@ impl Metrics {
             "Snapshot jobs stopped because the COW area reached snapshots.cow_abort_percent",
             snapshot_cow_aborts.clone(),
         );
+        let claim_decisions = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "claim_decisions",
+            "Claim decisions of Connects and re-checks, by outcome (taken, reused, restamped, taken_over, conflict, lost)",
+            claim_decisions.clone(),
+        );
+        let claim_handoff_waits = Counter::default();
+        registry.register(
+            "claim_handoff_waits",
+            "Connects that waited for another host's claim being released",
+            claim_handoff_waits.clone(),
+        );
         Metrics {
+            claim_decisions,
+            claim_handoff_waits,
             snapshot_jobs,
             snapshot_step_seconds,
             snapshot_cow_aborts,
@@ -186,6 +207,13 @@ impl Metrics {
             renew_failures,
             holding_age,
         }
+    }
+
+    /// Counts one claim decision.
+    pub fn observe_claim(&self, outcome: &'static str) {
+        self.claim_decisions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Records one NVMe volume operation.

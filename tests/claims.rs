@@ -5,6 +5,7 @@
 //! Against the in-process emulator by default. With `KUBECONFIG` set the tests without fault
 //! injection run against that cluster instead, in namespaces of their own that they delete.
 
+mod nvme_env;
 mod support;
 
 use std::path::PathBuf;
@@ -477,4 +478,70 @@ async fn takeover_waits_for_the_holders_fence_and_the_loser_lets_go() {
         .contains(&"VolumeLost".to_string()));
     a.stop().await;
     b.stop().await;
+}
+
+/// The handoff, on the protocol itself: while A's Disconnect runs (its claim marked releasing),
+/// B's acquire waits instead of failing, and takes the claim as soon as A deletes it; a release
+/// that does not come within handoff_wait is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
+    use volfence::claims::{Acquired, ClaimError, Claims};
+    use volfence::cluster::{Cluster, KubeClaims, KubeLeases};
+    use volfence::fence::Holder;
+    let api = Api::start("handoff").await;
+    let shutdown = CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let side = |node: &'static str, boot: &'static str| {
+        let api = &api;
+        let dir = dir.path().join(node);
+        let shutdown = shutdown.clone();
+        async move {
+            let cluster = Cluster::from_client(api.client().await, node);
+            let (leases, watch) =
+                KubeLeases::start(&cluster, &api.leases, Duration::from_secs(4), Duration::ZERO);
+            tokio::spawn(watch);
+            let claims = Claims::new(
+                KubeClaims::new(&cluster, &api.claims, node),
+                leases,
+                Holder {
+                    node: node.into(),
+                    boot_id: boot.into(),
+                },
+                Duration::from_secs(2),
+            );
+            (claims, nvme_env::held_fence(dir, &shutdown).await)
+        }
+    };
+    let (a, fa) = side("node-a", "boot-a").await;
+    let (b, fb) = side("node-b", "boot-b").await;
+    let (ga, gb) = (fa.guard().unwrap(), fb.guard().unwrap());
+    assert!(matches!(a.acquire(&ga, "vol-h").await.unwrap(), Acquired::Taken(_)));
+    let marked = a.begin_release("vol-h").await.unwrap().expect("A's claim");
+    assert!(marked.releasing);
+
+    let started = std::time::Instant::now();
+    let (got, ()) = tokio::join!(b.acquire(&gb, "vol-h"), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        a.release("vol-h").await.unwrap();
+    });
+    let waited = started.elapsed();
+    let Acquired::Taken(c) = got.unwrap() else {
+        panic!("B should have taken the released claim")
+    };
+    assert!(c.holder.starts_with("node-b/"), "{c:?}");
+    assert!(waited >= Duration::from_millis(600), "B waited {waited:?}");
+    // A's release is idempotent and leaves B's claim alone.
+    a.release("vol-h").await.unwrap();
+    assert!(api.claim("vol-h").await.is_some());
+
+    // Releasing, but never released: after handoff_wait (2 s) it is a conflict naming B.
+    b.begin_release("vol-h").await.unwrap();
+    let started = std::time::Instant::now();
+    let e = a.acquire(&ga, "vol-h").await.unwrap_err();
+    assert!(matches!(&e, ClaimError::Conflict { node, .. } if node == "node-b"), "{e}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    b.release("vol-h").await.unwrap();
+    assert!(api.claim("vol-h").await.is_none());
+    shutdown.cancel();
+    api.cleanup().await;
 }

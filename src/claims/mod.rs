@@ -44,6 +44,16 @@ impl<S: ClaimStore + 'static, L: LeaseApi + 'static> VolumeClaims for Claims<S, 
     ) -> BoxFuture<'a, Result<Acquired, ClaimError>> {
         Box::pin(async move {
             let got = Claims::acquire(self, guard, volume_id).await;
+            if let Some(m) = self.metrics() {
+                match &got {
+                    Ok(Acquired::Taken(_)) => m.observe_claim("taken"),
+                    Ok(Acquired::Reused(_)) => m.observe_claim("reused"),
+                    Ok(Acquired::Restamped(_)) => m.observe_claim("restamped"),
+                    Ok(Acquired::TakenOver { .. }) => m.observe_claim("taken_over"),
+                    Err(ClaimError::Conflict { .. }) => m.observe_claim("conflict"),
+                    Err(_) => {}
+                }
+            }
             match &got {
                 Ok(Acquired::TakenOver {
                     from, from_epoch, ..
@@ -86,6 +96,9 @@ impl<S: ClaimStore + 'static, L: LeaseApi + 'static> VolumeClaims for Claims<S, 
     ) -> BoxFuture<'a, Result<Recheck, ClaimError>> {
         Box::pin(async move {
             let got = Claims::recheck(self, guard, volume_id).await;
+            if let (Some(m), Ok(Recheck::Lost(_))) = (self.metrics(), &got) {
+                m.observe_claim("lost");
+            }
             if let Ok(Recheck::Lost(c)) = &got {
                 let msg = format!(
                     "volume {volume_id} is held by {} (epoch {}) now: {} (epoch {}) disconnects it and does not take it back",

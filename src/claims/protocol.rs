@@ -111,6 +111,7 @@ pub struct Claims<S, L> {
     leases: L,
     me: Holder,
     handoff_wait: Duration,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
@@ -120,7 +121,17 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             leases,
             me,
             handoff_wait,
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, m: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.metrics.as_deref()
     }
 
     fn ours(&self, guard: &FenceGuard, volume_id: &str, base: Option<&Claim>) -> Claim {
@@ -189,7 +200,12 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                 Verdict::Expired { .. } => {}
                 _ if cur.releasing => {
                     // An ordinary drain-and-move: the holder's Disconnect will delete it.
-                    let since = *waited_since.get_or_insert_with(tokio::time::Instant::now);
+                    let since = *waited_since.get_or_insert_with(|| {
+                        if let Some(m) = &self.metrics {
+                            m.claim_handoff_waits.inc();
+                        }
+                        tokio::time::Instant::now()
+                    });
                     if since.elapsed() >= self.handoff_wait {
                         return Err(Self::conflict(&cur));
                     }

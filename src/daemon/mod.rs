@@ -207,6 +207,7 @@ pub async fn run_with(
     let state_dir = host.path(&settings.daemon.state_dir);
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    let metrics = Arc::new(Metrics::new());
     let mut cluster = None;
     let mut claims: Option<Arc<dyn VolumeClaims>> = None;
     let backend = match settings.fence.backend {
@@ -233,7 +234,8 @@ pub async fn run_with(
                 leases.clone(),
                 holder.clone(),
                 settings.claims.handoff_wait,
-            )));
+            )
+            .with_metrics(metrics.clone())));
             cluster = Some(c);
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(
@@ -262,7 +264,6 @@ pub async fn run_with(
         Some(dev) => Some(Arc::new(Watchdog::new(&host.path(dev), &timing)?)),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let volumes = start_volumes(
         &host,
         &settings,
