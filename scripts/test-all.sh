@@ -47,7 +47,8 @@ lintian --fail-on error "$DEB" | tee "$LOG/lintian.log" || fail "lintian (errors
 for f in ./usr/bin/volfenced ./usr/bin/volfencectl ./usr/lib/systemd/system/volfenced.service \
          ./usr/share/dbus-1/system.d/org.volfence.Agent1.conf ./etc/volfence/config.toml \
          ./usr/share/man/man8/volfenced.8.gz ./usr/share/man/man8/volfencectl.8.gz \
-         ./usr/share/man/man5/volfence.toml.5.gz; do
+         ./usr/share/man/man5/volfence.toml.5.gz ./usr/share/doc/volfence/claims.md \
+         ./usr/share/doc/volfence/examples/rbac.yaml; do
     grep -q " $f\$" <<< "$CONTENT" || fail "package content: $f missing"
 done
 ! grep -q 'kube-emulator' <<< "$CONTENT" || fail "package content: the API emulator is packaged"

@@ -301,6 +301,24 @@ async fn a_live_holder_is_a_conflict_and_a_disconnect_hands_the_volume_over() {
         .await
         .contains(&"VolumeConflict".to_string()));
 
+    // Who holds what, as an operator asks: A's own claims, and every claim from B.
+    let out = ctl(&a.bus.address, &["claims", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mine: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["VolumeId"], "vol-x");
+    assert_eq!(mine[0]["Node"], "node-a");
+    assert_eq!(mine[0]["Epoch"], 1);
+    assert_eq!(mine[0]["HolderLease"], "renewing");
+    let out = ctl(&b.bus.address, &["claims"]).await;
+    assert_eq!(text(&out).trim(), "no claims");
+    let out = ctl(&b.bus.address, &["claims", "--all"]).await;
+    let table = text(&out);
+    assert!(
+        table.contains("vol-x") && table.contains("node-a/") && table.contains("renewing"),
+        "{table}"
+    );
+
     // A's Disconnect releases the claim (no object left); B's Connect then takes it.
     let out = a.disconnect("vol-x").await;
     assert!(out.status.success(), "{}", text(&out));
@@ -497,8 +515,12 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
         let shutdown = shutdown.clone();
         async move {
             let cluster = Cluster::from_client(api.client().await, node);
-            let (leases, watch) =
-                KubeLeases::start(&cluster, &api.leases, Duration::from_secs(4), Duration::ZERO);
+            let (leases, watch) = KubeLeases::start(
+                &cluster,
+                &api.leases,
+                Duration::from_secs(4),
+                Duration::ZERO,
+            );
             tokio::spawn(watch);
             let claims = Claims::new(
                 KubeClaims::new(&cluster, &api.claims, node),
@@ -515,7 +537,10 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
     let (a, fa) = side("node-a", "boot-a").await;
     let (b, fb) = side("node-b", "boot-b").await;
     let (ga, gb) = (fa.guard().unwrap(), fb.guard().unwrap());
-    assert!(matches!(a.acquire(&ga, "vol-h").await.unwrap(), Acquired::Taken(_)));
+    assert!(matches!(
+        a.acquire(&ga, "vol-h").await.unwrap(),
+        Acquired::Taken(_)
+    ));
     let marked = a.begin_release("vol-h").await.unwrap().expect("A's claim");
     assert!(marked.releasing);
 
@@ -538,7 +563,10 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
     b.begin_release("vol-h").await.unwrap();
     let started = std::time::Instant::now();
     let e = a.acquire(&ga, "vol-h").await.unwrap_err();
-    assert!(matches!(&e, ClaimError::Conflict { node, .. } if node == "node-b"), "{e}");
+    assert!(
+        matches!(&e, ClaimError::Conflict { node, .. } if node == "node-b"),
+        "{e}"
+    );
     assert!(started.elapsed() >= Duration::from_secs(2));
     b.release("vol-h").await.unwrap();
     assert!(api.claim("vol-h").await.is_none());

@@ -133,6 +133,22 @@ async fn run(args: Args) -> zbus::Result<()> {
                 print_table(&list);
             }
         }
+        Command::Claims { all, json } => {
+            let list: Vec<Json> = agent
+                .list_claims(all)
+                .await?
+                .iter()
+                .map(dict_json)
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("JSON values serialize")
+                );
+            } else {
+                print_claims(&list);
+            }
+        }
         Command::Snapshot(cmd) => snapshot(&conn, &agent, cmd).await?,
         Command::Show { volume, json } => {
             let list: Vec<Json> = agent.list_volumes().await?.iter().map(dict_json).collect();
@@ -373,6 +389,66 @@ fn print_volume(m: &Json) {
     println!("  epoch:       {}", text(m, "Epoch"));
     for p in path_lines(m) {
         println!("  path:        {p}");
+    }
+}
+
+/// VOLUME HOLDER EPOCH SINCE STATE HOLDER-LEASE, the last one free-form.
+fn print_claims(list: &[Json]) {
+    if list.is_empty() {
+        println!("no claims");
+        return;
+    }
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|m| {
+            let releasing = m.get("Releasing").and_then(serde_json::Value::as_bool) == Some(true);
+            [
+                text(m, "VolumeId"),
+                text(m, "Holder"),
+                text(m, "Epoch"),
+                text(m, "Since"),
+                if releasing { "releasing" } else { "held" }.to_string(),
+                text(m, "HolderLease"),
+            ]
+        })
+        .collect();
+    let head = [
+        "VOLUME",
+        "HOLDER",
+        "EPOCH",
+        "SINCE",
+        "STATE",
+        "HOLDER LEASE (wall-clock hint)",
+    ];
+    let width: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[&str]| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 5 {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(&head));
+    for r in &rows {
+        println!(
+            "{}",
+            line(&r.iter().map(String::as_str).collect::<Vec<_>>())
+        );
     }
 }
 

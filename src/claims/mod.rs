@@ -11,7 +11,7 @@ pub mod record;
 
 use futures::future::BoxFuture;
 
-pub use protocol::{Acquired, ClaimError, ClaimStore, Claims, Recheck};
+pub use protocol::{Acquired, ClaimError, ClaimStore, ClaimView, Claims, HolderLease, Recheck};
 pub use record::Claim;
 
 use crate::fence::{FenceGuard, LeaseApi};
@@ -34,6 +34,7 @@ pub trait VolumeClaims: Send + Sync {
         volume_id: &'a str,
     ) -> BoxFuture<'a, Result<Recheck, ClaimError>>;
     fn mine(&self) -> BoxFuture<'_, Result<Vec<Claim>, ClaimError>>;
+    fn list(&self, all: bool) -> BoxFuture<'_, Result<Vec<ClaimView>, ClaimError>>;
 }
 
 impl<S: ClaimStore + 'static, L: LeaseApi + 'static> VolumeClaims for Claims<S, L> {
@@ -117,5 +118,8 @@ impl<S: ClaimStore + 'static, L: LeaseApi + 'static> VolumeClaims for Claims<S, 
     }
     fn mine(&self) -> BoxFuture<'_, Result<Vec<Claim>, ClaimError>> {
         Box::pin(Claims::mine(self))
+    }
+    fn list(&self, all: bool) -> BoxFuture<'_, Result<Vec<ClaimView>, ClaimError>> {
+        Box::pin(Claims::list(self, all))
     }
 }

@@ -26,6 +26,8 @@ pub trait ClaimStore: Send + Sync {
     fn delete(&self, claim: &Claim) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// The claims this node holds (selected by its label).
     fn mine(&self) -> impl Future<Output = Result<Vec<Claim>, ClaimError>> + Send;
+    /// Every claim (for people: `volfencectl claims --all`).
+    fn all(&self) -> impl Future<Output = Result<Vec<Claim>, ClaimError>> + Send;
     /// Records an Event on `volume_id`'s claim (best effort).
     fn event(
         &self,
@@ -87,6 +89,42 @@ impl Acquired {
             Acquired::TakenOver { claim, .. } => claim,
         }
     }
+}
+
+/// What the holder's host lease looks like, by this host's wall clock: a hint for people
+/// (`volfencectl claims`), never used for a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderLease {
+    /// Renewed within its duration, by the holder the claim names.
+    Renewing,
+    /// Not renewed for longer than its duration (`renewed` ago).
+    LooksExpired { renewed: Duration },
+    /// Held by another boot of the holder's node: the claim is from before a reboot.
+    OtherBoot { now: String },
+    /// No host lease of that name.
+    Missing,
+}
+
+impl std::fmt::Display for HolderLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HolderLease::Renewing => write!(f, "renewing"),
+            HolderLease::LooksExpired { renewed } => write!(
+                f,
+                "looks expired (wall clock: renewed {}s ago)",
+                renewed.as_secs()
+            ),
+            HolderLease::OtherBoot { now } => write!(f, "held by another boot ({now})"),
+            HolderLease::Missing => write!(f, "missing"),
+        }
+    }
+}
+
+/// A claim with its holder's host lease, as `volfencectl claims` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimView {
+    pub claim: Claim,
+    pub holder_lease: HolderLease,
 }
 
 /// What a re-check after a new holding found.
@@ -322,6 +360,57 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// This node's claims (or every claim), each with what its holder's host lease looks like.
+    pub async fn list(&self, all: bool) -> Result<Vec<ClaimView>, ClaimError> {
+        let claims = if all {
+            self.store.all().await?
+        } else {
+            self.store.mine().await?
+        };
+        let mut leases: std::collections::BTreeMap<String, Option<LeaseRecord>> =
+            Default::default();
+        let mut out = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let node = claim.node().to_string();
+            if !leases.contains_key(&node) {
+                let rec = self
+                    .leases
+                    .read(&node)
+                    .await
+                    .map_err(|source| ClaimError::Api {
+                        volume: claim.volume_id.clone(),
+                        source,
+                    })?;
+                leases.insert(node.clone(), rec);
+            }
+            let holder_lease = match &leases[&node] {
+                None => HolderLease::Missing,
+                Some(l) if l.holder.as_deref() != Some(claim.holder.as_str()) => {
+                    HolderLease::OtherBoot {
+                        now: l.holder.clone().unwrap_or_default(),
+                    }
+                }
+                Some(l) => {
+                    let renewed = l
+                        .renew_time
+                        .as_deref()
+                        .and_then(|t| crate::time::age(t, std::time::SystemTime::now()));
+                    let limit =
+                        Duration::from_secs(u64::try_from(l.lease_duration_seconds).unwrap_or(0));
+                    match renewed {
+                        Some(r) if r > limit => HolderLease::LooksExpired { renewed: r },
+                        _ => HolderLease::Renewing,
+                    }
+                }
+            };
+            out.push(ClaimView {
+                claim,
+                holder_lease,
+            });
+        }
+        Ok(out)
     }
 
     /// This node's claims as the server has them.

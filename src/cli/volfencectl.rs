@@ -98,6 +98,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List volume claims: this node's, or every claim with --all (kubernetes backend)
+    Claims {
+        /// Every host's claims, not only this node's
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Online snapshots of LVM volumes with a backup executor
     #[command(subcommand)]
     Snapshot(SnapCmd),

@@ -41,6 +41,32 @@ impl KubeClaims {
         }
     }
 
+    /// The claims a label selector lists, checked; one this agent cannot read is logged and
+    /// left alone.
+    async fn select(
+        &self,
+        selector: &str,
+        keep: impl Fn(&Claim) -> bool + Send,
+    ) -> Result<Vec<Claim>, ClaimError> {
+        let list = self
+            .api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| ClaimError::Api {
+                volume: "*".into(),
+                source: api_error(&e),
+            })?;
+        let mut out = Vec::new();
+        for l in list.items {
+            match claim_of(&l, None) {
+                Ok(c) if keep(&c) => out.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("skipping a claim this agent cannot read: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     fn lease(&self, c: &Claim) -> Result<Lease, ApiError> {
         let mut annotations = BTreeMap::from([
             (VOLUME_ANNOTATION.to_string(), c.volume_id.clone()),
@@ -150,24 +176,13 @@ impl ClaimStore for KubeClaims {
 
     async fn mine(&self) -> Result<Vec<Claim>, ClaimError> {
         let sel = format!("{CLAIM_LABEL}=true,{NODE_LABEL}={}", node_label(&self.node));
-        let list = self
-            .api
-            .list(&ListParams::default().labels(&sel))
-            .await
-            .map_err(|e| ClaimError::Api {
-                volume: "*".into(),
-                source: api_error(&e),
-            })?;
-        let mut out = Vec::new();
-        for l in list.items {
-            match claim_of(&l, None) {
-                // Another node whose label collides with ours after hashing is not ours.
-                Ok(c) if c.node() == self.node => out.push(c),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("skipping a claim this agent cannot read: {e}"),
-            }
-        }
-        Ok(out)
+        let node = self.node.clone();
+        // Another node whose label collides with ours after hashing is not ours.
+        self.select(&sel, move |c| c.node() == node).await
+    }
+
+    async fn all(&self) -> Result<Vec<Claim>, ClaimError> {
+        self.select(&format!("{CLAIM_LABEL}=true"), |_| true).await
     }
 
     async fn event(&self, volume_id: &str, reason: &str, message: &str, warning: bool) {

@@ -229,13 +229,15 @@ pub async fn run_with(
                     reason = watch => ("lease-watch", Err(reason)),
                 }
             });
-            claims = Some(Arc::new(Claims::new(
-                KubeClaims::new(&c, &settings.claims.namespace, &holder.node),
-                leases.clone(),
-                holder.clone(),
-                settings.claims.handoff_wait,
-            )
-            .with_metrics(metrics.clone())));
+            claims = Some(Arc::new(
+                Claims::new(
+                    KubeClaims::new(&c, &settings.claims.namespace, &holder.node),
+                    leases.clone(),
+                    holder.clone(),
+                    settings.claims.handoff_wait,
+                )
+                .with_metrics(metrics.clone()),
+            ));
             cluster = Some(c);
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(

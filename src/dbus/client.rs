@@ -20,6 +20,7 @@ pub trait Agent1 {
     ) -> zbus::Result<(String, HashMap<String, OwnedVariant>)>;
     fn disconnect(&self, volume_id: &str, options: HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
     fn list_volumes(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
+    fn list_claims(&self, all: bool) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
     fn start_snapshot(
         &self,
         request_id: &str,

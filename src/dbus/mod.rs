@@ -354,6 +354,37 @@ impl Agent {
         Ok(())
     }
 
+    /// Volume claims (with the `kubernetes` backend): this node's, or with `all` every claim,
+    /// as dictionaries: VolumeId, Name, Holder, Node, Epoch (t), Generation (i), Since,
+    /// Releasing (b), HolderLease (what the holder's host lease looks like by this host's wall
+    /// clock: a hint for people).
+    async fn list_claims(&self, all: bool) -> Result<Vec<HashMap<String, OwnedVariant>>, Error> {
+        let Some(c) = &self.claims else {
+            return Err(Error::Failed(
+                "claims need the kubernetes fence backend (this agent runs standalone: one host, nothing to claim)".into(),
+            ));
+        };
+        let views = c.list(all).await?;
+        Ok(views
+            .into_iter()
+            .map(|v| {
+                let c = v.claim;
+                let node = c.node().to_string();
+                HashMap::from([
+                    ("VolumeId".to_string(), var(c.volume_id)),
+                    ("Name".to_string(), var(c.name)),
+                    ("Holder".to_string(), var(c.holder)),
+                    ("Node".to_string(), var(node)),
+                    ("Epoch".to_string(), var(c.epoch)),
+                    ("Generation".to_string(), var(c.generation)),
+                    ("Since".to_string(), var(c.acquired.unwrap_or_default())),
+                    ("Releasing".to_string(), var(c.releasing)),
+                    ("HolderLease".to_string(), var(v.holder_lease.to_string())),
+                ])
+            })
+            .collect())
+    }
+
     /// Every volume this agent holds, as dictionaries (see `Connect`).
     async fn list_volumes(&self) -> Vec<HashMap<String, OwnedVariant>> {
         self.volumes.list().iter().map(volumes::info_dict).collect()
