@@ -27,7 +27,10 @@ t_emulator() {
     wait_for 30 grep -q "listening on" "$OUT/emulator.log" || return 1
     # As an operator prepares a cluster: the lease namespace first, with kubectl.
     expect_rc 0 kubectl --kubeconfig "$KCFG" create namespace volfence-system || return 1
-    contains "$RUN_OUT" "namespace/volfence-system created"
+    contains "$RUN_OUT" "namespace/volfence-system created" || return 1
+    # ... and the claims namespace ([claims] namespace, docs/claims.md).
+    expect_rc 0 kubectl --kubeconfig "$KCFG" create namespace volfence-claims || return 1
+    contains "$RUN_OUT" "namespace/volfence-claims created"
 }
 check kube-emulator-in-guest t_emulator
 
@@ -42,7 +45,10 @@ t_kube_held() {
     # What kubectl shows of it: the holder and the transitions.
     local node; node=$(/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["NodeName"])' <<< "$RUN_OUT")
     expect_rc 0 kubectl --kubeconfig "$KCFG" get lease -n volfence-system "$node" -o 'jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}' || return 1
-    contains "$RUN_OUT" "$node/" && contains "$RUN_OUT" " 1"
+    contains "$RUN_OUT" "$node/" && contains "$RUN_OUT" " 1" || return 1
+    # Claims through the shipped bus policy, by an operator without root: none yet.
+    expect_rc 0 as_nobody "$VOLFENCECTL" claims --all || return 1
+    contains "$RUN_OUT" "no claims"
 }
 check kube-fence-held-through-emulator t_kube_held
 
