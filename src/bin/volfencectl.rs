@@ -412,15 +412,22 @@ fn print_claims(list: &[Json]) {
             ]
         })
         .collect();
-    let head = [
-        "VOLUME",
-        "HOLDER",
-        "EPOCH",
-        "SINCE",
-        "STATE",
-        "HOLDER LEASE (wall-clock hint)",
-    ];
-    let width: Vec<usize> = (0..6)
+    print_columns(
+        &[
+            "VOLUME",
+            "HOLDER",
+            "EPOCH",
+            "SINCE",
+            "STATE",
+            "HOLDER LEASE (wall-clock hint)",
+        ],
+        &rows,
+    );
+}
+
+/// Aligned columns, the last one as it is (it may be long).
+fn print_columns<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+    let width: Vec<usize> = (0..N)
         .map(|i| {
             rows.iter()
                 .map(|r| r[i].len())
@@ -429,12 +436,12 @@ fn print_claims(list: &[Json]) {
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: &[&str]| {
+    let line = |cells: Vec<&str>| {
         cells
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 5 {
+                if i + 1 == N {
                     c.to_string()
                 } else {
                     format!("{c:<w$}", w = width[i])
@@ -443,12 +450,9 @@ fn print_claims(list: &[Json]) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", line(&head));
-    for r in &rows {
-        println!(
-            "{}",
-            line(&r.iter().map(String::as_str).collect::<Vec<_>>())
-        );
+    println!("{}", line(head.to_vec()));
+    for r in rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
     }
 }
 
@@ -470,34 +474,10 @@ fn print_table(list: &[Json]) {
             ]
         })
         .collect();
-    let head = ["VOLUME", "STATE", "DEVICE", "NSID", "PATHS", "NQN"];
-    let width: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([head[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 5 {
-                    c.to_string()
-                } else {
-                    format!("{c:<w$}", w = width[i])
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(head.to_vec()));
-    for r in &rows {
-        println!("{}", line(r.iter().map(String::as_str).collect()));
-    }
+    print_columns(
+        &["VOLUME", "STATE", "DEVICE", "NSID", "PATHS", "NQN"],
+        &rows,
+    );
 }
 
 fn print_status(m: &BTreeMap<String, serde_json::Value>) {

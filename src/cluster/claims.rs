@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::Api;
 use serde_json::json;
@@ -186,21 +185,14 @@ impl ClaimStore for KubeClaims {
     }
 
     async fn event(&self, volume_id: &str, reason: &str, message: &str, warning: bool) {
-        let regarding = ObjectReference {
-            api_version: Some("coordination.k8s.io/v1".into()),
-            kind: Some("Lease".into()),
-            name: Some(object_name(volume_id)),
-            namespace: Some(self.namespace.clone()),
-            ..ObjectReference::default()
-        };
         let spec = EventSpec {
             reason,
             action: reason,
             message,
             warning,
         };
-        if let Err(e) = self.events.publish(&regarding, &spec).await {
-            tracing::warn!("cannot record event {reason} on the claim of {volume_id}: {e}");
-        }
+        self.events
+            .on_lease(&self.namespace, &object_name(volume_id), &spec)
+            .await;
     }
 }

@@ -78,6 +78,23 @@ impl Events {
         }
     }
 
+    /// An Event on the Lease `namespace/name` (a host lease or a claim), logged if it fails.
+    pub async fn on_lease(&self, namespace: &str, name: &str, spec: &EventSpec<'_>) {
+        let regarding = ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectReference::default()
+        };
+        if let Err(e) = self.publish(&regarding, spec).await {
+            tracing::warn!(
+                "cannot record event {} on lease {namespace}/{name}: {e}",
+                spec.reason
+            );
+        }
+    }
+
     pub async fn publish(
         &self,
         regarding: &ObjectReference,

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Patch;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -219,21 +218,12 @@ impl LeaseApi for KubeLeases {
     }
 
     async fn event(&self, name: &str, reason: &str, message: &str, warning: bool) {
-        let regarding = ObjectReference {
-            api_version: Some("coordination.k8s.io/v1".into()),
-            kind: Some("Lease".into()),
-            name: Some(name.into()),
-            namespace: Some(self.namespace.clone()),
-            ..ObjectReference::default()
-        };
         let spec = EventSpec {
             reason,
             action: reason,
             message,
             warning,
         };
-        if let Err(e) = self.events.publish(&regarding, &spec).await {
-            tracing::warn!("cannot record event {reason} on lease {name}: {e}");
-        }
+        self.events.on_lease(&self.namespace, name, &spec).await;
     }
 }

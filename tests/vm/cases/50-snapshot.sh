@@ -203,7 +203,7 @@ t_claim_event() {
         's["items"][0]["reason"] == "SnapshotFailed" and s["items"][0]["type"] == "Warning"' \
         's["items"][0]["involvedObject"]["uid"] == e["UID_WANT"]' \
         '"fail-claim" in s["items"][0]["message"] and "vgsnap/xfs" in s["items"][0]["message"]' \
-        's["items"][0]["source"]["component"] == "volfenced"' || return 1
+        's["items"][0]["reportingComponent"] == "volfence.io/volfenced"' || return 1
     # Where an operator looks for it.
     expect_rc 0 kubectl --kubeconfig "$W/snap-kubeconfig" describe pvc -n vms disk-xfs || return 1
     contains "$RUN_OUT" SnapshotFailed && contains "$RUN_OUT" fail-claim
