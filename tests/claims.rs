@@ -573,3 +573,96 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
     shutdown.cancel();
     api.cleanup().await;
 }
+
+/// Observers that scale: an agent's watch delivers its own lease and nothing about other hosts;
+/// another host's lease is judged from consistent reads (sightings) on this host's clock — the
+/// same resourceVersion seen D + grace later is an expired holder, a new one is a live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_watches_only_its_own_lease_and_judges_others_by_sightings() {
+    use volfence::cluster::{Cluster, KubeLeases};
+    use volfence::fence::observer::Verdict;
+    use volfence::fence::{LeaseApi, LeaseRecord};
+    let api = Api::start("sightings").await;
+    let d = Duration::from_secs(1);
+    let start = |node: &'static str| {
+        let api = &api;
+        async move {
+            let cluster = Cluster::from_client(api.client().await, node);
+            let (leases, watch) = KubeLeases::start(&cluster, &api.leases, d, Duration::ZERO);
+            tokio::spawn(watch);
+            leases
+        }
+    };
+    let (a, b) = (start("node-a").await, start("node-b").await);
+    let synced = |l: &KubeLeases| l.synced();
+    for _ in 0..100 {
+        if synced(&a) && synced(&b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.synced() && b.synced());
+    let lease = |node: &str| LeaseRecord {
+        name: node.to_string(),
+        resource_version: String::new(),
+        holder: Some(format!("{node}/boot")),
+        lease_duration_seconds: 1,
+        lease_transitions: 1,
+        acquire_time: Some(a.now_rfc3339()),
+        renew_time: Some(a.now_rfc3339()),
+    };
+    let mut own = a.create(&lease("node-a")).await.unwrap();
+    let mut peer = b.create(&lease("node-b")).await.unwrap();
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    settle().await;
+    let a_events = a.watch_events();
+    assert!(
+        a.cached("node-a").is_some(),
+        "A's own lease is in its cache"
+    );
+    // B renews ten times: nothing of it reaches A's watch.
+    for _ in 0..10 {
+        peer.renew_time = Some(b.now_rfc3339());
+        peer = b.replace(&peer).await.unwrap();
+    }
+    settle().await;
+    assert_eq!(
+        a.watch_events(),
+        a_events,
+        "A's watch delivered B's renewals"
+    );
+    assert_eq!(a.cached("node-b"), None, "A never read B's lease yet");
+    assert_eq!(a.verdict("node-b"), Verdict::Unknown);
+    // A renews once: its own watch sees that.
+    own.renew_time = Some(a.now_rfc3339());
+    a.replace(&own).await.unwrap();
+    settle().await;
+    assert!(
+        a.watch_events() > a_events,
+        "A's watch missed its own renewal"
+    );
+
+    // First sighting of B: live, counted from now.
+    a.read("node-b").await.unwrap().unwrap();
+    assert!(matches!(a.verdict("node-b"), Verdict::Live { .. }));
+    // B renews: the next sighting resets the count.
+    tokio::time::sleep(d).await;
+    peer.renew_time = Some(b.now_rfc3339());
+    peer = b.replace(&peer).await.unwrap();
+    a.read("node-b").await.unwrap().unwrap();
+    assert!(
+        matches!(a.verdict("node-b"), Verdict::Live { .. }),
+        "a renewal seen in a sighting is a live holder"
+    );
+    // B goes silent: the same resourceVersion D later is an expired holder.
+    tokio::time::sleep(d + Duration::from_millis(100)).await;
+    let seen = a.read("node-b").await.unwrap().unwrap();
+    assert_eq!(seen.resource_version, peer.resource_version);
+    assert!(
+        matches!(a.verdict("node-b"), Verdict::Expired { .. }),
+        "{:?}",
+        a.verdict("node-b")
+    );
+    assert_eq!(a.cached("node-b"), Some(seen));
+    api.cleanup().await;
+}

@@ -234,6 +234,9 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     Err(e) => return Err(api(e)),
                 }
             }
+            // A sighting of the holder's lease (a consistent read): agents watch only their own
+            // lease, so the observer counts a peer's silence from its first sighting here.
+            self.leases.read(cur.node()).await.map_err(&api)?;
             match self.leases.verdict(cur.node()) {
                 Verdict::Expired { .. } => {}
                 _ if cur.releasing => {

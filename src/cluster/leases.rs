@@ -1,7 +1,16 @@
-//! [`LeaseApi`] on the real `kube` client: one watch over the lease namespace feeds the one
-//! Lease reflector store and the observer; the protocol reads only that cache (never a polling
-//! GET) and writes with JSON merge patches that carry the resourceVersion they were based on.
+//! [`LeaseApi`] on the real `kube` client. The agent watches exactly one Lease, its own (a field
+//! selector on its name), into the one Lease reflector store; the fence reads only that cache
+//! and writes with JSON merge patches that carry the resourceVersion they were based on.
+//!
+//! Other hosts' leases are never watched: at 5,000 hosts renewing every 2.5 s a namespace-wide
+//! watch would deliver 2,000 events/s to every agent. A peer's lease is read (a consistent GET)
+//! only when a claim it holds is in question, and every read is a sighting for the observer: the
+//! same resourceVersion seen again means no write since the first sighting, so the observer rule
+//! holds on sightings as well as on a watch. A refused Connect costs one GET of the holder's
+//! lease; the takeover's own confirming GET is the last sighting before the swap.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,23 +29,34 @@ use super::events::{EventSpec, Events};
 use crate::fence::observer::{Observer, Verdict};
 use crate::fence::{ApiError, LeaseApi, LeaseRecord};
 
-/// The leases of one namespace as this host sees them, plus the writes the protocol makes.
+/// Peers' last sightings kept at most: one per host whose claim was in question lately.
+const MAX_PEERS: usize = 4096;
+
+/// This host's lease as it watches it, other hosts' leases as last read, and the writes the
+/// protocol makes.
 #[derive(Clone)]
 pub struct KubeLeases {
     api: Api<Lease>,
     events: Events,
+    /// The name of our own lease: the only one watched.
+    own: String,
     /// Ready (kube-runtime's own gate) once the first list is in.
     store: Store<Lease>,
     observer: Arc<Mutex<Observer>>,
+    /// Other hosts' leases as the last consistent read returned them.
+    sightings: Arc<Mutex<HashMap<String, LeaseRecord>>>,
     /// The watch's last failure until it lists again: why the fence cannot decide.
     watch_error: Arc<Mutex<Option<ApiError>>>,
+    /// Watch events received, for the scaling benchmark and for people.
+    received: Arc<AtomicU64>,
     namespace: String,
 }
 
 impl KubeLeases {
-    /// Starts the one shared watch over `namespace`. Returns at once; until the initial list is
-    /// in, [`LeaseApi::synced`] is false and the protocol takes no decision. The returned future
-    /// drives the watch for the agent's whole life: run it as a critical task.
+    /// Starts the watch of this host's own lease (`cluster.node()`) in `namespace`. Returns at
+    /// once; until the initial list is in, [`LeaseApi::synced`] is false and the protocol takes
+    /// no decision. The returned future drives the watch for the agent's whole life: run it as
+    /// a critical task.
     pub fn start(
         cluster: &super::Cluster,
         namespace: &str,
@@ -47,17 +67,21 @@ impl KubeLeases {
         impl std::future::Future<Output = String> + Send + 'static,
     ) {
         let api: Api<Lease> = Api::namespaced(cluster.client().clone(), namespace);
+        let own = cluster.node().to_string();
         let (store, writer) = reflector::store();
         let observer = Arc::new(Mutex::new(Observer::new(lease_duration, grace)));
         let watch_error = Arc::new(Mutex::new(None::<ApiError>));
-        let (obs, we) = (observer.clone(), watch_error.clone());
-        let stream = watcher(api.clone(), watcher::Config::default())
+        let received = Arc::new(AtomicU64::new(0));
+        let (obs, we, rc) = (observer.clone(), watch_error.clone(), received.clone());
+        let only_ours = watcher::Config::default().fields(&format!("metadata.name={own}"));
+        let stream = watcher(api.clone(), only_ours)
             .default_backoff()
             .reflect(writer);
         let drive = async move {
             let mut stream = std::pin::pin!(stream);
             let mut listed = false;
             while let Some(ev) = stream.next().await {
+                rc.fetch_add(1, Ordering::Relaxed);
                 match ev {
                     Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
                         let name = l.metadata.name.clone().unwrap_or_default();
@@ -95,29 +119,60 @@ impl KubeLeases {
         let leases = KubeLeases {
             api,
             events: cluster.events().clone(),
+            own,
             store,
             observer,
+            sightings: Arc::default(),
             watch_error,
+            received,
             namespace: namespace.to_string(),
         };
         (leases, drive)
     }
 
+    /// Watch events received so far (the own lease's renewals, and nothing about other hosts).
+    pub fn watch_events(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// A consistent read, which is also a sighting for the observer.
     async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
-        match self.api.get_opt(name).await {
-            Ok(Some(l)) => {
-                let rec = record(&l);
-                self.observer.lock().unwrap().observe(
-                    name,
-                    &rec.resource_version,
-                    rec.holder.as_deref(),
-                    Instant::now(),
-                );
-                Ok(Some(rec))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(StatusError::from_kube(&e).into()),
+        let got = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(|e| ApiError::from(StatusError::from_kube(&e)))?;
+        let rec = got.as_ref().map(record);
+        let mut observer = self.observer.lock().unwrap();
+        match &rec {
+            Some(r) => observer.observe(
+                name,
+                &r.resource_version,
+                r.holder.as_deref(),
+                Instant::now(),
+            ),
+            // Gone: a later lease of that name is a new one, counted from its first sighting.
+            None => observer.forget(name),
         }
+        if name != self.own {
+            let mut seen = self.sightings.lock().unwrap();
+            match &rec {
+                Some(r) => {
+                    if seen.len() >= MAX_PEERS && !seen.contains_key(name) {
+                        // Forgetting a peer only restarts its count: slower, never unsafe.
+                        if let Some(k) = seen.keys().next().cloned() {
+                            seen.remove(&k);
+                            observer.forget(&k);
+                        }
+                    }
+                    seen.insert(name.to_string(), r.clone());
+                }
+                None => {
+                    seen.remove(name);
+                }
+            }
+        }
+        Ok(rec)
     }
 }
 
@@ -174,6 +229,9 @@ impl LeaseApi for KubeLeases {
     }
 
     fn cached(&self, name: &str) -> Option<LeaseRecord> {
+        if name != self.own {
+            return self.sightings.lock().unwrap().get(name).cloned();
+        }
         self.store
             .get(&ObjectRef::new(name).within(&self.namespace))
             .map(|l| record(&l))

@@ -1,6 +1,7 @@
 //! The Kubernetes room: the only code that talks to the API server. It builds the one client
 //! (client.rs), owns one reflector store per kind it watches, each gated by kube-runtime's own
-//! readiness (leases.rs: the Leases of the fence's namespace), records Events through
+//! readiness (leases.rs: this host's own Lease; other hosts' leases are read one by one, only when a
+//! claim they hold is in question), records Events through
 //! kube-runtime's Recorder (events.rs), and maps every answer of the server into one error type
 //! (error.rs); the volumes' claims are Leases of the claims namespace, read with GETs (claims.rs).
 //! The domain rooms define the small traits they need ([`crate::fence::LeaseApi`],
@@ -25,6 +26,7 @@ use crate::config::KubernetesSettings;
 pub struct Cluster {
     client: kube::Client,
     events: Events,
+    node: String,
 }
 
 impl Cluster {
@@ -37,11 +39,17 @@ impl Cluster {
         Cluster {
             events: Events::new(client.clone(), node),
             client,
+            node: node.to_string(),
         }
     }
 
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    /// The node this agent runs on: the name of its host lease.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub fn events(&self) -> &Events {
