@@ -53,6 +53,7 @@ pub struct Metrics {
     pub snapshot_cow_aborts: Counter,
     pub claim_decisions: Family<OutcomeLabel, Counter>,
     pub claim_handoff_waits: Counter,
+    pub claim_migrations: Family<OutcomeLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,7 +180,7 @@ impl Metrics {
         let claim_decisions = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "claim_decisions",
-            "Claim decisions of Connects and re-checks, by outcome (taken, reused, restamped, taken_over, conflict, lost)",
+            "Claim decisions of Connects and re-checks, by outcome (taken, reused, restamped, taken_over, joined, conflict, lost)",
             claim_decisions.clone(),
         );
         let claim_handoff_waits = Counter::default();
@@ -188,9 +189,16 @@ impl Metrics {
             "Connects that waited for another host's claim being released",
             claim_handoff_waits.clone(),
         );
+        let claim_migrations = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "claim_migrations",
+            "Live migrations of volumes by outcome (joined, refused, completed, left, expired)",
+            claim_migrations.clone(),
+        );
         Metrics {
             claim_decisions,
             claim_handoff_waits,
+            claim_migrations,
             snapshot_jobs,
             snapshot_step_seconds,
             snapshot_cow_aborts,
@@ -212,6 +220,13 @@ impl Metrics {
     /// Counts one claim decision.
     pub fn observe_claim(&self, outcome: &'static str) {
         self.claim_decisions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one migration step.
+    pub fn observe_migration(&self, outcome: &'static str) {
+        self.claim_migrations
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

@@ -25,6 +25,15 @@ pub fn age(s: &str, now: SystemTime) -> Option<Duration> {
     Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
 }
 
+/// How long after `now` the RFC 3339 instant `s` is (zero if it is past); None when `s` is not
+/// RFC 3339.
+pub fn until(s: &str, now: SystemTime) -> Option<Duration> {
+    let then: Timestamp = s.parse().ok()?;
+    let now = Timestamp::try_from(now).ok()?;
+    let d = then.duration_since(now);
+    Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

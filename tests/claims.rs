@@ -155,6 +155,8 @@ impl Agent {
         s.kubernetes.kubeconfig = Some(api.kubeconfig(node));
         s.claims.namespace = api.claims.clone();
         s.claims.handoff_wait = Duration::from_secs(3);
+        // Below the configurable minimum (30 s), so the deadline is seen in seconds.
+        s.claims.migration_timeout = Duration::from_secs(5);
         let uevents = volfence::nvme::kernel::event_channel();
         let kernel = FakeKernel::new(host.clone(), uevents.clone(), true);
         kernel.add_target(
@@ -234,6 +236,31 @@ impl Agent {
             ],
         )
         .await
+    }
+
+    async fn migrate(&self, volume: &str, nsid: u32, source: &str) -> std::process::Output {
+        let nsid = nsid.to_string();
+        ctl(
+            &self.bus.address,
+            &[
+                "connect",
+                volume,
+                "--nqn",
+                NQN,
+                "--traddr",
+                "127.0.0.1",
+                "--nsid",
+                &nsid,
+                "--migration-source",
+                source,
+                "--json",
+            ],
+        )
+        .await
+    }
+
+    async fn show(&self, volume: &str) -> String {
+        text(&ctl(&self.bus.address, &["show", volume]).await)
     }
 
     async fn disconnect(&self, volume: &str) -> std::process::Output {
@@ -538,14 +565,14 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
     let (b, fb) = side("node-b", "boot-b").await;
     let (ga, gb) = (fa.guard().unwrap(), fb.guard().unwrap());
     assert!(matches!(
-        a.acquire(&ga, "vol-h").await.unwrap(),
+        a.acquire(&ga, "vol-h", None).await.unwrap(),
         Acquired::Taken(_)
     ));
     let marked = a.begin_release("vol-h").await.unwrap().expect("A's claim");
     assert!(marked.releasing);
 
     let started = std::time::Instant::now();
-    let (got, ()) = tokio::join!(b.acquire(&gb, "vol-h"), async {
+    let (got, ()) = tokio::join!(b.acquire(&gb, "vol-h", None), async {
         tokio::time::sleep(Duration::from_millis(600)).await;
         a.release("vol-h").await.unwrap();
     });
@@ -562,7 +589,7 @@ async fn a_connect_during_a_disconnect_waits_for_the_handoff() {
     // Releasing, but never released: after handoff_wait (2 s) it is a conflict naming B.
     b.begin_release("vol-h").await.unwrap();
     let started = std::time::Instant::now();
-    let e = a.acquire(&ga, "vol-h").await.unwrap_err();
+    let e = a.acquire(&ga, "vol-h", None).await.unwrap_err();
     assert!(
         matches!(&e, ClaimError::Conflict { node, .. } if node == "node-b"),
         "{e}"
@@ -664,5 +691,170 @@ async fn an_agent_watches_only_its_own_lease_and_judges_others_by_sightings() {
         a.verdict("node-b")
     );
     assert_eq!(a.cached("node-b"), Some(seen));
+    api.cleanup().await;
+}
+
+/// A live migration: the destination joins the source's claim, a third host and a second
+/// migration are refused, the source's Disconnect leaves the destination sole holder, and a
+/// window that passes with both attached ends with the destination detached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_opens_collapses_on_the_sources_disconnect_and_expires_at_its_deadline() {
+    let api = Api::start("migration").await;
+    let start = |node: &'static str, n: u32| {
+        let api = &api;
+        async move {
+            let boot = format!("0f5e2c1a-8b7d-4e3f-9a2b-00000000010{n}");
+            Agent::start(api, node, &boot, LeaseLossAction::Disconnect).await
+        }
+    };
+    let a = start("node-a", 1).await;
+    let b = start("node-b", 2).await;
+    let c = start("node-c", 3).await;
+    let holder_of = |l: &k8s_openapi::api::coordination::v1::Lease| {
+        l.spec.clone().unwrap().holder_identity.unwrap_or_default()
+    };
+    let annotation = |l: &k8s_openapi::api::coordination::v1::Lease, k: &str| {
+        l.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get(k)
+            .cloned()
+    };
+
+    assert!(a.connect("vol-m", 1).await.status.success());
+    // Bad requests name the option.
+    let out = a.migrate("vol-m", 1, "node-a").await;
+    let said = text(&out);
+    assert!(
+        said.contains("InvalidArgument") && said.contains("this node"),
+        "{said}"
+    );
+    let out = ctl(
+        &b.bus.address,
+        &[
+            "connect",
+            "vol-m",
+            "--nqn",
+            NQN,
+            "--traddr",
+            "127.0.0.1",
+            "--nsid",
+            "1",
+            "-o",
+            "migration_source=Node_A",
+        ],
+    )
+    .await;
+    let said = text(&out);
+    assert!(
+        said.contains("InvalidArgument") && said.contains("migration_source"),
+        "{said}"
+    );
+    // Joined from the wrong source: refused, naming the holder.
+    let said = text(&b.migrate("vol-m", 1, "node-c").await);
+    assert!(
+        said.contains("Conflict") && said.contains("not by the migration source node-c"),
+        "{said}"
+    );
+
+    // B joins A's claim.
+    let out = b.migrate("vol-m", 1, "node-a").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let claim = api.claim("vol-m").await.unwrap();
+    assert!(holder_of(&claim).starts_with("node-a/"));
+    let m = annotation(&claim, "volfence.io/migration-holder").unwrap();
+    assert!(m.starts_with("node-b/"), "{m}");
+    assert_eq!(
+        claim.metadata.labels.unwrap()["volfence.io/migration-node"],
+        "node-b"
+    );
+    assert!(b
+        .show("vol-m")
+        .await
+        .contains("migration:   from node-a until"));
+    let on_a = a.show("vol-m").await;
+    assert!(on_a.contains("migration:   to node-b until"), "{on_a}");
+    let list = text(&ctl(&b.bus.address, &["list"]).await);
+    assert!(list.contains("node-a@1 +migrating"), "{list}");
+    // A third host, plain or as a second migration: refused.
+    let said = text(&c.connect("vol-m", 1).await);
+    assert!(
+        said.contains("Conflict") && said.contains("migrating from node-a"),
+        "{said}"
+    );
+    let said = text(&c.migrate("vol-m", 1, "node-a").await);
+    assert!(
+        said.contains("Conflict") && said.contains("one migration at a time"),
+        "{said}"
+    );
+    assert!(c.kernel.controllers().is_empty());
+    // B's own claims include the one it shares.
+    let mine: serde_json::Value =
+        serde_json::from_slice(&ctl(&b.bus.address, &["claims", "--json"]).await.stdout).unwrap();
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+
+    // The source lets go: B holds it alone, and its bus says so.
+    assert!(a.disconnect("vol-m").await.status.success());
+    let claim = api.claim("vol-m").await.expect("handed over, not deleted");
+    assert!(holder_of(&claim).starts_with("node-b/"), "{claim:?}");
+    assert_eq!(annotation(&claim, "volfence.io/migration-holder"), None);
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = b.show("vol-m").await;
+        if shown.contains("claim:       node-b/") && !shown.contains("migration:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shown.contains("claim:       node-b/") && !shown.contains("migration:"),
+        "{shown}"
+    );
+    assert!(!b.kernel.controllers().is_empty(), "B keeps its device");
+
+    // Back to A, which never finishes: at the deadline (5 s here) A detaches itself.
+    let out = a.migrate("vol-m", 1, "node-b").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let opened = std::time::Instant::now();
+    assert!(!a.kernel.controllers().is_empty());
+    let mut left = false;
+    for _ in 0..200 {
+        if a.kernel.controllers().is_empty() {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = opened.elapsed();
+    assert!(left, "A still attached {took:?} after a 5 s window");
+    assert!(
+        took >= Duration::from_secs(4),
+        "left after {took:?}, before the deadline"
+    );
+    let mut claim = api.claim("vol-m").await.unwrap();
+    for _ in 0..50 {
+        if annotation(&claim, "volfence.io/migration-holder").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        claim = api.claim("vol-m").await.unwrap();
+    }
+    assert!(holder_of(&claim).starts_with("node-b/"));
+    assert_eq!(annotation(&claim, "volfence.io/migration-holder"), None);
+    assert!(!b.kernel.controllers().is_empty(), "the source stays");
+    let reasons = api.event_reasons().await;
+    for r in ["MigrationStarted", "MigrationCompleted", "MigrationExpired"] {
+        assert!(
+            reasons.contains(&r.to_string()),
+            "{r} missing from {reasons:?}"
+        );
+    }
+
+    assert!(b.disconnect("vol-m").await.status.success());
+    assert!(api.claim("vol-m").await.is_none());
+    for x in [a, b, c] {
+        x.stop().await;
+    }
     api.cleanup().await;
 }

@@ -423,7 +423,7 @@ async fn lose_port(
     let lost = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             match changes.recv().await {
-                Ok(VolumeEvent::Lost(id)) => return id,
+                Ok(VolumeEvent::Lost { id, .. }) => return id,
                 Ok(_) => {}
                 Err(e) => panic!("{e}"),
             }

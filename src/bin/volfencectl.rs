@@ -75,6 +75,7 @@ async fn run(args: Args) -> zbus::Result<()> {
             host_iface,
             host_traddr,
             options,
+            migration_source,
             json,
         } => {
             let mut t: std::collections::HashMap<&str, Variant<'_>> = Default::default();
@@ -102,10 +103,13 @@ async fn run(args: Args) -> zbus::Result<()> {
                 t.insert("host_traddr", a.as_str().into());
             }
             // Values go as strings; the agent parses and range-checks each, naming the key.
-            let o: std::collections::HashMap<&str, Variant<'_>> = options
+            let mut o: std::collections::HashMap<&str, Variant<'_>> = options
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str().into()))
                 .collect();
+            if let Some(n) = &migration_source {
+                o.insert("migration_source", n.as_str().into());
+            }
             let (_, info) = agent.connect(&volume, t, o).await?;
             let info = dict_json(&info);
             if json {
@@ -387,6 +391,14 @@ fn print_volume(m: &Json) {
     println!("  uuid:        {}", text(m, "Uuid"));
     println!("  size:        {mib:.1} MiB");
     println!("  epoch:       {}", text(m, "Epoch"));
+    let holder = text(m, "ClaimHolder");
+    if !holder.is_empty() {
+        println!("  claim:       {holder}, epoch {}", text(m, "ClaimEpoch"));
+    }
+    let migration = text(m, "Migration");
+    if !migration.is_empty() {
+        println!("  migration:   {migration}");
+    }
     for p in path_lines(m) {
         println!("  path:        {p}");
     }
@@ -461,21 +473,35 @@ fn print_table(list: &[Json]) {
         println!("no volumes");
         return;
     }
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<[String; 7]> = list
         .iter()
         .map(|m| {
+            // The claim's holder node and epoch, "+migrating" during a migration.
+            let holder = text(m, "ClaimHolder");
+            let claim = match holder.split_once('/') {
+                None => "-".to_string(),
+                Some((node, _)) => {
+                    let mig = if text(m, "Migration").is_empty() {
+                        ""
+                    } else {
+                        " +migrating"
+                    };
+                    format!("{node}@{}{mig}", text(m, "ClaimEpoch"))
+                }
+            };
             [
                 text(m, "VolumeId"),
                 text(m, "State"),
                 text(m, "Device"),
                 text(m, "Nsid"),
                 path_lines(m).len().to_string(),
+                claim,
                 text(m, "Nqn"),
             ]
         })
         .collect();
     print_columns(
-        &["VOLUME", "STATE", "DEVICE", "NSID", "PATHS", "NQN"],
+        &["VOLUME", "STATE", "DEVICE", "NSID", "PATHS", "CLAIM", "NQN"],
         &rows,
     );
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::record::{object_name, Claim, RecordError};
+use super::record::{object_name, Claim, Migration, RecordError};
 use crate::fence::observer::Verdict;
 use crate::fence::takeover::{self, ClaimApi, ClaimRead, Takeover};
 use crate::fence::{ApiError, FenceError, FenceGuard, Holder, LeaseApi, LeaseRecord};
@@ -49,6 +49,9 @@ pub enum ClaimError {
         epoch: u64,
         since: Option<String>,
     },
+    /// A live migration cannot begin or join as asked.
+    #[error("volume {volume}: {reason}")]
+    Migration { volume: String, reason: String },
     /// The holding this decision was made in ended.
     #[error("not fenced: {0}")]
     NotFenced(#[from] FenceError),
@@ -80,13 +83,16 @@ pub enum Acquired {
         from: String,
         from_epoch: u64,
     },
+    /// A live migration's destination: held together with the source (the claim's holder),
+    /// for `window` at most from now.
+    Joined { claim: Claim, window: Duration },
 }
 
 impl Acquired {
     pub fn claim(&self) -> &Claim {
         match self {
             Acquired::Taken(c) | Acquired::Reused(c) | Acquired::Restamped(c) => c,
-            Acquired::TakenOver { claim, .. } => claim,
+            Acquired::TakenOver { claim, .. } | Acquired::Joined { claim, .. } => claim,
         }
     }
 }
@@ -127,6 +133,19 @@ pub struct ClaimView {
     pub holder_lease: HolderLease,
 }
 
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// The claim is gone: the volume is free.
+    Deleted,
+    /// This host was a migration's source: the destination `to` holds it alone now.
+    HandedOver { to: String },
+    /// This host was a migration's destination: `holder` (the source) holds it alone again.
+    Left { holder: String },
+    /// Nothing of it was ours (absent, or another host's).
+    NotOurs,
+}
+
 /// What a re-check after a new holding found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recheck {
@@ -149,8 +168,13 @@ pub struct Claims<S, L> {
     leases: L,
     me: Holder,
     handoff_wait: Duration,
+    migration_timeout: Duration,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    local: super::local::Local,
 }
+
+/// The longest migration window when none is configured ([claims] migration_timeout).
+pub const DEFAULT_MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
     pub fn new(store: S, leases: L, me: Holder, handoff_wait: Duration) -> Claims<S, L> {
@@ -159,8 +183,25 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             leases,
             me,
             handoff_wait,
+            migration_timeout: DEFAULT_MIGRATION_TIMEOUT,
             metrics: None,
+            local: Default::default(),
         }
+    }
+
+    /// How long a migration's destination may share a volume with its source.
+    pub fn with_migration_timeout(mut self, t: Duration) -> Self {
+        self.migration_timeout = t;
+        self
+    }
+
+    pub fn me(&self) -> &Holder {
+        &self.me
+    }
+
+    /// What this host last knew of its own claims (for the bus, never for a decision).
+    pub fn local(&self) -> &super::local::Local {
+        &self.local
     }
 
     pub fn with_metrics(mut self, m: std::sync::Arc<crate::metrics::Metrics>) -> Self {
@@ -182,6 +223,22 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             generation: base.map_or(1, |c| c.generation.saturating_add(1)),
             acquired: Some(self.leases.now_rfc3339()),
             releasing: false,
+            migration: None,
+        }
+    }
+
+    /// How long is left of our migration window on `m` (its deadline was written by this host,
+    /// by this host's clock), at most the configured timeout.
+    pub fn window_left(&self, m: &Migration) -> Duration {
+        crate::time::until(&m.deadline, std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(self.migration_timeout)
+    }
+
+    fn migration_refused(volume_id: &str, reason: String) -> ClaimError {
+        ClaimError::Migration {
+            volume: volume_id.to_string(),
+            reason,
         }
     }
 
@@ -202,13 +259,24 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
         }
     }
 
-    /// Makes `volume_id`'s claim ours in `guard`'s holding, or says who holds it.
+    /// Makes `volume_id`'s claim ours in `guard`'s holding, or says who holds it. With
+    /// `migration_source`, joins the claim that live node holds as a migration's destination.
     pub async fn acquire(
         &self,
         guard: &FenceGuard,
         volume_id: &str,
+        migration_source: Option<&str>,
     ) -> Result<Acquired, ClaimError> {
         let api = Self::api(volume_id);
+        let me = self.me.node.as_str();
+        if migration_source == Some(me) {
+            return Err(Self::migration_refused(
+                volume_id,
+                format!(
+                    "migration_source names this node ({me}): a migration is between two nodes"
+                ),
+            ));
+        }
         let mut waited_since: Option<tokio::time::Instant> = None;
         for _ in 0..MAX_ROUNDS {
             guard.refresh()?;
@@ -219,48 +287,143 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     Err(e) => return Err(api(e)),
                 }
             };
-            if cur.node() == self.me.node {
+            if cur.node() == me {
                 if cur.holder == self.me.identity() && cur.epoch == guard.epoch() && !cur.releasing
                 {
                     return Ok(Acquired::Reused(cur));
                 }
-                match self
-                    .store
-                    .replace(&self.ours(guard, volume_id, Some(&cur)))
-                    .await
-                {
+                let next = Claim {
+                    migration: cur.migration.clone(),
+                    ..self.ours(guard, volume_id, Some(&cur))
+                };
+                match self.store.replace(&next).await {
                     Ok(c) => return Ok(Acquired::Restamped(c)),
                     Err(ApiError::Conflict | ApiError::NotFound) => continue,
                     Err(e) => return Err(api(e)),
                 }
             }
-            // A sighting of the holder's lease (a consistent read): agents watch only their own
-            // lease, so the observer counts a peer's silence from its first sighting here.
+            // A sighting of each holder's lease (a consistent read): agents watch only their
+            // own lease, so the observer counts a peer's silence from its first sighting here.
             self.leases.read(cur.node()).await.map_err(&api)?;
-            match self.leases.verdict(cur.node()) {
-                Verdict::Expired { .. } => {}
-                _ if cur.releasing => {
-                    // An ordinary drain-and-move: the holder's Disconnect will delete it.
-                    let since = *waited_since.get_or_insert_with(|| {
-                        if let Some(m) = &self.metrics {
-                            m.claim_handoff_waits.inc();
-                        }
-                        tokio::time::Instant::now()
-                    });
-                    if since.elapsed() >= self.handoff_wait {
-                        return Err(Self::conflict(&cur));
-                    }
-                    tokio::time::sleep(HANDOFF_POLL).await;
-                    continue;
+            let holder_expired = matches!(self.leases.verdict(cur.node()), Verdict::Expired { .. });
+            let other_destination = cur
+                .migration
+                .as_ref()
+                .filter(|m| m.node() != me)
+                .map(|m| m.node().to_string());
+            if let Some(m) = cur.migration.as_ref().filter(|m| m.node() == me) {
+                // We are this claim's migration destination already.
+                if migration_source.is_some_and(|s| s != cur.node()) {
+                    return Err(Self::migration_refused(
+                        volume_id,
+                        format!(
+                            "this node is migrating it from {}, not from {}",
+                            cur.node(),
+                            migration_source.unwrap_or_default()
+                        ),
+                    ));
                 }
-                _ => return Err(Self::conflict(&cur)),
+                // A plain Connect here after the source died is the volume moving here for
+                // good: the takeover below. Otherwise the same migration, re-stamped if needed.
+                if !(holder_expired && migration_source.is_none()) {
+                    if m.holder == self.me.identity() && m.epoch == guard.epoch() {
+                        let window = self.window_left(m);
+                        return Ok(Acquired::Joined { claim: cur, window });
+                    }
+                    let next = Claim {
+                        migration: Some(Migration {
+                            holder: self.me.identity(),
+                            epoch: guard.epoch(),
+                            deadline: m.deadline.clone(),
+                        }),
+                        ..cur.clone()
+                    };
+                    match self.store.replace(&next).await {
+                        Ok(c) => {
+                            let window = self.window_left(m);
+                            return Ok(Acquired::Joined { claim: c, window });
+                        }
+                        Err(ApiError::Conflict | ApiError::NotFound) => continue,
+                        Err(e) => return Err(api(e)),
+                    }
+                }
+            }
+            let destination_expired = match &other_destination {
+                None => true,
+                Some(d) => {
+                    self.leases.read(d).await.map_err(&api)?;
+                    matches!(self.leases.verdict(d), Verdict::Expired { .. })
+                }
+            };
+            if !(holder_expired && destination_expired) {
+                if let Some(source) = migration_source {
+                    if source != cur.node() {
+                        return Err(Self::migration_refused(
+                            volume_id,
+                            format!(
+                                "it is held by {} (node {}), not by the migration source {source}",
+                                cur.holder,
+                                cur.node()
+                            ),
+                        ));
+                    }
+                    if let Some(m) = &cur.migration {
+                        return Err(Self::migration_refused(
+                            volume_id,
+                            format!("it is already migrating from {} to {} (until {}): one migration at a time", cur.node(), m.node(), m.deadline),
+                        ));
+                    }
+                    if !cur.releasing {
+                        let now = std::time::SystemTime::now();
+                        let next = Claim {
+                            migration: Some(Migration {
+                                holder: self.me.identity(),
+                                epoch: guard.epoch(),
+                                deadline: crate::time::rfc3339(now + self.migration_timeout, false),
+                            }),
+                            ..cur.clone()
+                        };
+                        match self.store.replace(&next).await {
+                            Ok(c) => {
+                                return Ok(Acquired::Joined {
+                                    claim: c,
+                                    window: self.migration_timeout,
+                                })
+                            }
+                            Err(ApiError::Conflict | ApiError::NotFound) => continue,
+                            Err(e) => return Err(api(e)),
+                        }
+                    }
+                }
+                if let Some(d) = &other_destination {
+                    return Err(Self::migration_refused(
+                        volume_id,
+                        format!("it is migrating from {} (epoch {}) to {d}: refused until the migration ends", cur.holder, cur.epoch),
+                    ));
+                }
+                if !cur.releasing {
+                    return Err(Self::conflict(&cur));
+                }
+                // An ordinary drain-and-move: the holder's Disconnect will delete it.
+                let since = *waited_since.get_or_insert_with(|| {
+                    if let Some(m) = &self.metrics {
+                        m.claim_handoff_waits.inc();
+                    }
+                    tokio::time::Instant::now()
+                });
+                if since.elapsed() >= self.handoff_wait {
+                    return Err(Self::conflict(&cur));
+                }
+                tokio::time::sleep(HANDOFF_POLL).await;
+                continue;
             }
             let attempt = Attempt {
                 store: &self.store,
                 leases: &self.leases,
                 next: self.ours(guard, volume_id, Some(&cur)),
+                also_silent: other_destination,
             };
-            match takeover::take_over(&attempt, guard, &cur.name, cur.node(), &self.me.node)
+            match takeover::take_over(&attempt, guard, &cur.name, cur.node(), me)
                 .await
                 .map_err(&api)?
             {
@@ -297,7 +460,8 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             if cur.node() != self.me.node {
                 return Ok(None);
             }
-            if cur.releasing {
+            // Releasing hands the volume to the migration's destination, never to a third host.
+            if cur.releasing || cur.migration.is_some() {
                 return Ok(Some(cur));
             }
             let next = Claim {
@@ -316,18 +480,56 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
     }
 
     /// Deletes our claim (on the version read: a claim that moved on is not ours to delete).
-    /// Idempotent.
-    pub async fn release(&self, volume_id: &str) -> Result<(), ClaimError> {
+    /// During a migration, the source's release leaves the destination the sole holder and the
+    /// destination's release leaves the source. Idempotent.
+    pub async fn release(&self, volume_id: &str) -> Result<Released, ClaimError> {
         let api = Self::api(volume_id);
         for _ in 0..MAX_ROUNDS {
             let Some(cur) = self.store.read(volume_id).await? else {
-                return Ok(());
+                return Ok(Released::NotOurs);
             };
+            if let Some(m) = cur.migration.clone() {
+                let (next, done) = if cur.node() == self.me.node {
+                    // The source lets go: the destination is the sole holder now.
+                    let to = m.holder.clone();
+                    let next = Claim {
+                        holder: m.holder,
+                        epoch: m.epoch,
+                        generation: cur.generation.saturating_add(1),
+                        acquired: Some(self.leases.now_rfc3339()),
+                        releasing: false,
+                        migration: None,
+                        ..cur.clone()
+                    };
+                    (next, Released::HandedOver { to })
+                } else if m.node() == self.me.node {
+                    // The destination leaves: the source stays the holder.
+                    let next = Claim {
+                        migration: None,
+                        ..cur.clone()
+                    };
+                    (
+                        next,
+                        Released::Left {
+                            holder: cur.holder.clone(),
+                        },
+                    )
+                } else {
+                    return Ok(Released::NotOurs);
+                };
+                match self.store.replace(&next).await {
+                    Ok(_) => return Ok(done),
+                    Err(ApiError::NotFound) => return Ok(Released::NotOurs),
+                    Err(ApiError::Conflict) => continue,
+                    Err(e) => return Err(api(e)),
+                }
+            }
             if cur.node() != self.me.node {
-                return Ok(());
+                return Ok(Released::NotOurs);
             }
             match self.store.delete(&cur).await {
-                Ok(()) | Err(ApiError::NotFound) => return Ok(()),
+                Ok(()) => return Ok(Released::Deleted),
+                Err(ApiError::NotFound) => return Ok(Released::NotOurs),
                 Err(ApiError::Conflict) => continue,
                 Err(e) => return Err(api(e)),
             }
@@ -346,21 +548,23 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
         volume_id: &str,
     ) -> Result<Recheck, ClaimError> {
         if let Some(cur) = self.store.read(volume_id).await? {
-            if cur.node() != self.me.node {
+            if !cur.held_by(&self.me.node) {
                 return Ok(Recheck::Lost(cur));
             }
         }
-        match self.acquire(guard, volume_id).await {
+        match self.acquire(guard, volume_id, None).await {
             Ok(a) => Ok(Recheck::Kept(a.claim().clone())),
-            Err(ClaimError::Conflict { .. }) => match self.store.read(volume_id).await? {
-                Some(cur) => Ok(Recheck::Lost(cur)),
-                None => Err(ClaimError::Api {
-                    volume: volume_id.to_string(),
-                    source: ApiError::Unavailable(
-                        "the claim changed while it was re-checked".into(),
-                    ),
-                }),
-            },
+            Err(ClaimError::Conflict { .. } | ClaimError::Migration { .. }) => {
+                match self.store.read(volume_id).await? {
+                    Some(cur) => Ok(Recheck::Lost(cur)),
+                    None => Err(ClaimError::Api {
+                        volume: volume_id.to_string(),
+                        source: ApiError::Unavailable(
+                            "the claim changed while it was re-checked".into(),
+                        ),
+                    }),
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -432,6 +636,9 @@ struct Attempt<'a, S, L> {
     store: &'a S,
     leases: &'a L,
     next: Claim,
+    /// A migration's destination that must be silent too: confirmed after the claim was read,
+    /// like the holder, before the swap.
+    also_silent: Option<String>,
 }
 
 impl<S: ClaimStore, L: LeaseApi> LeaseApi for Attempt<'_, S, L> {
@@ -493,6 +700,16 @@ impl<S: ClaimStore, L: LeaseApi> ClaimApi for Attempt<'_, S, L> {
         version: &str,
         _new_holder: &str,
     ) -> Result<(), ApiError> {
+        if let Some(d) = &self.also_silent {
+            let seen = self.leases.cached(d);
+            let now = self.leases.read(d).await?;
+            let silent = matches!((&seen, &now), (Some(a), Some(b)) if a.resource_version == b.resource_version)
+                && matches!(self.leases.verdict(d), Verdict::Expired { .. });
+            if !silent {
+                // Not a takeover on this sighting: the caller re-reads and re-decides.
+                return Err(ApiError::Conflict);
+            }
+        }
         let next = Claim {
             version: version.to_string(),
             ..self.next.clone()

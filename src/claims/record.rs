@@ -9,8 +9,17 @@ pub const VOLUME_ANNOTATION: &str = "volfence.io/volume-id";
 pub const EPOCH_ANNOTATION: &str = "volfence.io/holder-epoch";
 /// Present ("true") while the holder's Disconnect runs: a handoff, not a conflict.
 pub const RELEASING_ANNOTATION: &str = "volfence.io/releasing";
+/// During a live migration: the second holder, `<node>/<boot_id>`.
+pub const MIGRATION_HOLDER_ANNOTATION: &str = "volfence.io/migration-holder";
+/// The second holder's host-lease epoch when it joined.
+pub const MIGRATION_EPOCH_ANNOTATION: &str = "volfence.io/migration-epoch";
+/// When the second holder leaves if the source has not (RFC 3339, by the second holder's own
+/// clock: it alone acts on it).
+pub const MIGRATION_DEADLINE_ANNOTATION: &str = "volfence.io/migration-deadline";
 /// The holder's node, so each agent selects only its own claims.
 pub const NODE_LABEL: &str = "volfence.io/holder-node";
+/// During a live migration, the destination's node, so it finds the claims it shares.
+pub const MIGRATION_NODE_LABEL: &str = "volfence.io/migration-node";
 /// What every claim carries, so `kubectl get leases -l volfence.io/claim` lists them.
 pub const CLAIM_LABEL: &str = "volfence.io/claim";
 
@@ -33,12 +42,41 @@ pub struct Claim {
     pub acquired: Option<String>,
     /// The holder's Disconnect is in progress.
     pub releasing: bool,
+    /// A live migration's destination, holding the volume together with the holder for a
+    /// bounded window.
+    pub migration: Option<Migration>,
+}
+
+/// The second holder of a claim during a live migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// `<node>/<boot_id>` of the destination.
+    pub holder: String,
+    /// The destination's host-lease epoch when it joined (or re-stamped).
+    pub epoch: u64,
+    /// RFC 3339: when the destination leaves if the source is still attached.
+    pub deadline: String,
+}
+
+impl Migration {
+    pub fn node(&self) -> &str {
+        node_of(&self.holder)
+    }
+}
+
+fn node_of(holder: &str) -> &str {
+    holder.split_once('/').map_or("", |(n, _)| n)
 }
 
 impl Claim {
     /// The holder's node: the name of its host lease.
     pub fn node(&self) -> &str {
-        self.holder.split_once('/').map_or("", |(n, _)| n)
+        node_of(&self.holder)
+    }
+
+    /// Is `node` one of this claim's holders (the holder, or a migration's destination)?
+    pub fn held_by(&self, node: &str) -> bool {
+        self.node() == node || self.migration.as_ref().is_some_and(|m| m.node() == node)
     }
 }
 
@@ -99,6 +137,9 @@ pub struct Stored<'a> {
     pub volume_id: Option<&'a str>,
     pub epoch: Option<&'a str>,
     pub releasing: Option<&'a str>,
+    pub migration_holder: Option<&'a str>,
+    pub migration_epoch: Option<&'a str>,
+    pub migration_deadline: Option<&'a str>,
 }
 
 /// A stored claim checked field by field; `wanted`, when given, is the volume the caller
@@ -128,28 +169,48 @@ pub fn parse(s: Stored<'_>, wanted: Option<&str>) -> Result<Claim, RecordError> 
         }
     }
     let holder = s.holder.unwrap_or_default();
-    let valid_holder = holder.split_once('/').is_some_and(|(node, boot)| {
-        is_dns1123_subdomain(node) && !boot.is_empty() && !boot.contains('/')
-    });
-    if !valid_holder {
+    if !valid_holder(holder) {
         return Err(bad(
             "spec.holderIdentity",
             holder,
             "<node>/<boot_id> of the holding host",
         ));
     }
-    let epoch_text = s.epoch.unwrap_or_default();
-    let epoch = epoch_text
-        .parse::<u64>()
-        .ok()
-        .filter(|e| *e > 0)
-        .ok_or_else(|| {
-            bad(
-                "annotation volfence.io/holder-epoch",
-                epoch_text,
-                "the holder's host-lease epoch (a positive integer)",
-            )
-        })?;
+    let epoch_of = |text: Option<&str>, field: &'static str| {
+        let text = text.unwrap_or_default();
+        text.parse::<u64>()
+            .ok()
+            .filter(|e| *e > 0)
+            .ok_or_else(|| bad(field, text, "a host-lease epoch (a positive integer)"))
+    };
+    let epoch = epoch_of(s.epoch, "annotation volfence.io/holder-epoch")?;
+    let migration = match (s.migration_holder, s.migration_epoch, s.migration_deadline) {
+        (None, None, None) => None,
+        (h, e, d) => {
+            let h = h.unwrap_or_default();
+            if !valid_holder(h) || node_of(h) == node_of(holder) {
+                return Err(bad(
+                    "annotation volfence.io/migration-holder",
+                    h,
+                    "<node>/<boot_id> of a second host",
+                ));
+            }
+            let epoch = epoch_of(e, "annotation volfence.io/migration-epoch")?;
+            let d = d.unwrap_or_default();
+            if crate::time::age(d, std::time::SystemTime::now()).is_none() {
+                return Err(bad(
+                    "annotation volfence.io/migration-deadline",
+                    d,
+                    "an RFC 3339 time",
+                ));
+            }
+            Some(Migration {
+                holder: h.to_string(),
+                epoch,
+                deadline: d.to_string(),
+            })
+        }
+    };
     let generation = s.generation.filter(|g| *g > 0).ok_or_else(|| {
         bad(
             "spec.leaseTransitions",
@@ -177,6 +238,13 @@ pub fn parse(s: Stored<'_>, wanted: Option<&str>) -> Result<Claim, RecordError> 
         generation,
         acquired: s.acquired,
         releasing,
+        migration,
+    })
+}
+
+fn valid_holder(holder: &str) -> bool {
+    holder.split_once('/').is_some_and(|(node, boot)| {
+        is_dns1123_subdomain(node) && !boot.is_empty() && !boot.contains('/')
     })
 }
 
@@ -199,6 +267,9 @@ mod tests {
             volume_id: Some("vol-a"),
             epoch: Some(epoch),
             releasing: None,
+            migration_holder: None,
+            migration_epoch: None,
+            migration_deadline: None,
         }
     }
 
@@ -240,6 +311,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("releasing"));
+        let mut s = stored("node-a/boot", "1");
+        s.migration_holder = Some("node-b/boot-b");
+        s.migration_epoch = Some("4");
+        s.migration_deadline = Some("2026-12-03T17:00:00Z");
+        let m = parse(s, None).unwrap().migration.unwrap();
+        assert_eq!((m.node(), m.epoch), ("node-b", 4));
+        for (h, e, d, field) in [
+            (
+                "node-a/other-boot",
+                "4",
+                "2026-12-03T17:00:00Z",
+                "migration-holder",
+            ),
+            (
+                "node-b/boot-b",
+                "0",
+                "2026-12-03T17:00:00Z",
+                "migration-epoch",
+            ),
+            ("node-b/boot-b", "4", "soon", "migration-deadline"),
+        ] {
+            let mut s = stored("node-a/boot", "1");
+            s.migration_holder = Some(h);
+            s.migration_epoch = Some(e);
+            s.migration_deadline = Some(d);
+            let err = parse(s, None).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let mut s = stored("node-a/boot", "1");
+        s.migration_epoch = Some("4");
+        assert!(parse(s, None)
+            .unwrap_err()
+            .to_string()
+            .contains("migration-holder"));
         let e = parse(stored("node-a/boot", "1"), Some("vol-b")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -72,6 +72,10 @@ pub enum Command {
         /// Connect option KEY=VALUE (ctrl_loss_tmo=30, nr_io_queues=4, timeout_ms=10000, ...)
         #[arg(short = 'o', long = "option", value_parser = parse_kv, value_name = "KEY=VALUE")]
         options: Vec<(String, String)>,
+        /// Live migration: share the volume with NODE, which holds it, until NODE disconnects
+        /// or [claims] migration_timeout passes
+        #[arg(long, value_name = "NODE")]
+        migration_source: Option<String>,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,

@@ -1,13 +1,15 @@
 //! [`ClaimStore`] on `coordination.k8s.io/v1` Leases in the claims namespace, one per volume:
 //! holderIdentity `<node>/<boot_id>`, leaseTransitions the claim's generation, acquireTime, the
-//! volume id, the holder's epoch and the releasing mark in annotations, the holder's node in a
-//! label (each agent lists only its own). No leaseDurationSeconds: a claim does not expire by
+//! volume id, the holder's epoch, the releasing mark and a migration's second holder in
+//! annotations, the holders' nodes in labels (each agent lists only its own). No leaseDurationSeconds: a claim does not expire by
 //! itself; its holder's host lease does. Reads are GETs (consistent), never a cache.
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use serde_json::json;
 
@@ -15,8 +17,9 @@ use super::client::post_params;
 use super::error::StatusError;
 use super::events::{EventSpec, Events};
 use crate::claims::record::{
-    self, node_label, object_name, Claim, Stored, CLAIM_LABEL, EPOCH_ANNOTATION, NODE_LABEL,
-    RELEASING_ANNOTATION, VOLUME_ANNOTATION,
+    self, node_label, object_name, Claim, Stored, CLAIM_LABEL, EPOCH_ANNOTATION,
+    MIGRATION_DEADLINE_ANNOTATION, MIGRATION_EPOCH_ANNOTATION, MIGRATION_HOLDER_ANNOTATION,
+    MIGRATION_NODE_LABEL, NODE_LABEL, RELEASING_ANNOTATION, VOLUME_ANNOTATION,
 };
 use crate::claims::{ClaimError, ClaimStore};
 use crate::fence::ApiError;
@@ -74,6 +77,11 @@ impl KubeClaims {
         if c.releasing {
             annotations.insert(RELEASING_ANNOTATION.into(), "true".into());
         }
+        if let Some(m) = &c.migration {
+            annotations.insert(MIGRATION_HOLDER_ANNOTATION.into(), m.holder.clone());
+            annotations.insert(MIGRATION_EPOCH_ANNOTATION.into(), m.epoch.to_string());
+            annotations.insert(MIGRATION_DEADLINE_ANNOTATION.into(), m.deadline.clone());
+        }
         let mut meta = json!({
             "name": c.name,
             "namespace": self.namespace,
@@ -84,6 +92,9 @@ impl KubeClaims {
             },
             "annotations": annotations,
         });
+        if let Some(m) = &c.migration {
+            meta["labels"][MIGRATION_NODE_LABEL] = json!(node_label(m.node()));
+        }
         if !c.version.is_empty() {
             meta["resourceVersion"] = json!(c.version);
         }
@@ -98,6 +109,59 @@ impl KubeClaims {
             },
         }))
         .map_err(|e| ApiError::Unavailable(format!("building claim {}: {e}", c.name)))
+    }
+}
+
+impl KubeClaims {
+    /// Watches this node's claims (held, or shared as a migration's destination; two label
+    /// selectors, nothing about other hosts) and tells `seen` each one's state: `Some` while
+    /// this node holds part of it, `None` once it does not. For the bus only: decisions read
+    /// the server. Runs for the agent's life.
+    pub fn watch_mine(
+        &self,
+        seen: impl Fn(&str, Option<Claim>) + Send + 'static,
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
+        let label = node_label(&self.node);
+        let held = format!("{CLAIM_LABEL}=true,{NODE_LABEL}={label}");
+        let shared = format!("{CLAIM_LABEL}=true,{MIGRATION_NODE_LABEL}={label}");
+        let stream = |sel: String| {
+            watcher(self.api.clone(), watcher::Config::default().labels(&sel)).default_backoff()
+        };
+        let both = futures::stream::select(stream(held), stream(shared));
+        let node = self.node.clone();
+        async move {
+            let mut both = std::pin::pin!(both);
+            let mut last_error = None;
+            while let Some(ev) = both.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
+                        match claim_of(&l, None) {
+                            Ok(c) => {
+                                let id = c.volume_id.clone();
+                                let mine = c.held_by(&node);
+                                seen(&id, mine.then_some(c));
+                            }
+                            Err(e) => tracing::debug!("claims watch: {e}"),
+                        }
+                    }
+                    Ok(watcher::Event::Delete(l)) => {
+                        let ann = l.metadata.annotations.unwrap_or_default();
+                        if let Some(id) = ann.get(VOLUME_ANNOTATION) {
+                            seen(id, None);
+                        }
+                    }
+                    Ok(_) => last_error = None,
+                    Err(e) => {
+                        let why = e.to_string();
+                        if last_error.as_ref() != Some(&why) {
+                            tracing::warn!("claims watch: {why}");
+                            last_error = Some(why);
+                        }
+                    }
+                }
+            }
+            "the claims watch ended".to_string()
+        }
     }
 }
 
@@ -118,6 +182,9 @@ fn claim_of(l: &Lease, wanted: Option<&str>) -> Result<Claim, record::RecordErro
             volume_id: ann.get(VOLUME_ANNOTATION).map(String::as_str),
             epoch: ann.get(EPOCH_ANNOTATION).map(String::as_str),
             releasing: ann.get(RELEASING_ANNOTATION).map(String::as_str),
+            migration_holder: ann.get(MIGRATION_HOLDER_ANNOTATION).map(String::as_str),
+            migration_epoch: ann.get(MIGRATION_EPOCH_ANNOTATION).map(String::as_str),
+            migration_deadline: ann.get(MIGRATION_DEADLINE_ANNOTATION).map(String::as_str),
         },
         wanted,
     )
@@ -174,10 +241,25 @@ impl ClaimStore for KubeClaims {
     }
 
     async fn mine(&self) -> Result<Vec<Claim>, ClaimError> {
-        let sel = format!("{CLAIM_LABEL}=true,{NODE_LABEL}={}", node_label(&self.node));
+        // Held, or shared as a migration's destination: two selections (a selector cannot
+        // say "either label").
+        let label = node_label(&self.node);
         let node = self.node.clone();
         // Another node whose label collides with ours after hashing is not ours.
-        self.select(&sel, move |c| c.node() == node).await
+        let mut out = self
+            .select(&format!("{CLAIM_LABEL}=true,{NODE_LABEL}={label}"), |c| {
+                c.node() == node
+            })
+            .await?;
+        let node = self.node.clone();
+        out.extend(
+            self.select(
+                &format!("{CLAIM_LABEL}=true,{MIGRATION_NODE_LABEL}={label}"),
+                move |c| c.migration.as_ref().is_some_and(|m| m.node() == node),
+            )
+            .await?,
+        );
+        Ok(out)
     }
 
     async fn all(&self) -> Result<Vec<Claim>, ClaimError> {

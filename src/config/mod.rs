@@ -137,6 +137,7 @@ pub struct RawKubernetes {
 pub struct RawClaims {
     pub namespace: Option<String>,
     pub handoff_wait: Option<DurationStr>,
+    pub migration_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -208,6 +209,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "claims",
     "claims.namespace",
     "claims.handoff_wait",
+    "claims.migration_timeout",
     "nvme",
     "nvme.hostnqn",
     "nvme.hostid",
@@ -409,6 +411,8 @@ pub struct ClaimsSettings {
     pub namespace: String,
     /// How long a Connect waits for another host's claim that is being released.
     pub handoff_wait: Duration,
+    /// How long a live migration's destination may hold a volume together with its source.
+    pub migration_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1088,6 +1092,12 @@ impl RawConfig {
                 cl.handoff_wait,
                 Duration::from_secs(30),
                 Duration::ZERO..=Duration::from_secs(600),
+            )?,
+            migration_timeout: c.duration(
+                "claims.migration_timeout",
+                cl.migration_timeout,
+                Duration::from_secs(300),
+                Duration::from_secs(30)..=Duration::from_secs(3600),
             )?,
         };
 

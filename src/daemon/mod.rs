@@ -229,15 +229,32 @@ pub async fn run_with(
                     reason = watch => ("lease-watch", Err(reason)),
                 }
             });
-            claims = Some(Arc::new(
+            let store = KubeClaims::new(&c, &settings.claims.namespace, &holder.node);
+            let held: Arc<dyn VolumeClaims> = Arc::new(
                 Claims::new(
-                    KubeClaims::new(&c, &settings.claims.namespace, &holder.node),
+                    store.clone(),
                     leases.clone(),
                     holder.clone(),
                     settings.claims.handoff_wait,
                 )
+                .with_migration_timeout(settings.claims.migration_timeout)
                 .with_metrics(metrics.clone()),
-            ));
+            );
+            // This node's claims as the bus shows them (a migration joined from elsewhere).
+            let sink = Arc::downgrade(&held);
+            let watch = store.watch_mine(move |id, c| {
+                if let Some(h) = sink.upgrade() {
+                    h.observed(id, c);
+                }
+            });
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = s.cancelled() => ("claims-watch", Ok(())),
+                    reason = watch => ("claims-watch", Err(reason)),
+                }
+            });
+            claims = Some(held);
             cluster = Some(c);
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(

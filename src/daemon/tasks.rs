@@ -92,7 +92,7 @@ pub async fn release_stale_claims(claims: &dyn VolumeClaims, volumes: &Volumes) 
     let connected: Vec<String> = volumes.list().into_iter().map(|v| v.volume_id).collect();
     for c in mine.iter().filter(|c| !connected.contains(&c.volume_id)) {
         match claims.release(&c.volume_id).await {
-            Ok(()) => tracing::info!(
+            Ok(_) => tracing::info!(
                 VOLUME = c.volume_id.as_str(),
                 "released the claim of volume {}: it is not connected on this host",
                 c.volume_id
@@ -121,8 +121,19 @@ pub async fn claims_reconcile(
                 let mut complete = true;
                 for v in volumes.list() {
                     match claims.recheck(&guard, &v.volume_id).await {
-                        Ok(Recheck::Kept(_)) => {}
+                        Ok(Recheck::Kept(c)) => {
+                            // A migration this host joined before it restarted: its window goes on.
+                            if let Some(left) = claims.window_left(&c) {
+                                crate::claims::window::open(
+                                    claims.clone(),
+                                    volumes.clone(),
+                                    v.volume_id.clone(),
+                                    left,
+                                );
+                            }
+                        }
                         Ok(Recheck::Lost(_)) => {
+                            volumes.report_lost(&v.volume_id);
                             if let Err(e) = volumes.disconnect(&v.volume_id, None).await {
                                 tracing::error!(VOLUME = v.volume_id.as_str(), "{e}");
                             }

@@ -12,7 +12,7 @@ use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{interface, Connection, OwnedVariant, Variant};
 
-use crate::claims::{ClaimError, VolumeClaims};
+use crate::claims::{Acquired, ClaimError, VolumeClaims};
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
 use crate::nvme::volumes::Volumes;
@@ -74,7 +74,7 @@ impl From<ClaimError> for Error {
     fn from(e: ClaimError) -> Self {
         let msg = e.to_string();
         match e {
-            ClaimError::Conflict { .. } => Error::Conflict(msg),
+            ClaimError::Conflict { .. } | ClaimError::Migration { .. } => Error::Conflict(msg),
             ClaimError::NotFenced(_) => Error::NotFenced(msg),
             ClaimError::Api { .. } | ClaimError::Record(_) => Error::Failed(msg),
         }
@@ -172,6 +172,10 @@ impl Agent {
     /// The registry `Connect` and the volume publisher share.
     pub(crate) fn volume_objects(&self) -> volumes::VolumeObjects {
         self.volume_objects.clone()
+    }
+
+    pub(crate) fn claims(&self) -> Option<Arc<dyn VolumeClaims>> {
+        self.claims.clone()
     }
 
     /// Brings volume `id`'s object in line with the manager. A bus failure here does not undo
@@ -294,11 +298,18 @@ impl Agent {
     ) -> Result<(String, HashMap<String, OwnedVariant>), Error> {
         require_root(conn, &header).await?;
         // A bad request is InvalidArgument whatever the fence says: validate before the guard.
+        let mut options = options;
+        let source = volumes::migration_source(&mut options, self.claims.as_deref())?;
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
         let id = req.volume_id.clone();
+        let mut window = None;
         if let Some(c) = &self.claims {
-            c.acquire(&guard, &id).await?;
+            if let Acquired::Joined { window: w, .. } =
+                c.acquire(&guard, &id, source.as_deref()).await?
+            {
+                window = Some(w);
+            }
         }
         let info = match self.volumes.connect(&guard, req).await {
             Ok(info) => info,
@@ -317,9 +328,13 @@ impl Agent {
                 return Err(e.into());
             }
         };
+        if let (Some(c), Some(w)) = (&self.claims, window) {
+            crate::claims::window::open(c.clone(), self.volumes.clone(), id.clone(), w);
+        }
         // The reply names the volume's object: it exists before the caller can ask it.
         self.sync_volume_object(conn, &info.volume_id).await;
-        Ok((info.device.clone(), volumes::info_dict(&info)))
+        let shown = volumes::ClaimShown::of(self.claims.as_deref(), &id);
+        Ok((info.device.clone(), volumes::info_dict(&info, &shown)))
     }
 
     /// Disconnects a volume; succeeds if it is not connected. Root only; allowed while fenced.
@@ -387,7 +402,14 @@ impl Agent {
 
     /// Every volume this agent holds, as dictionaries (see `Connect`).
     async fn list_volumes(&self) -> Vec<HashMap<String, OwnedVariant>> {
-        self.volumes.list().iter().map(volumes::info_dict).collect()
+        self.volumes
+            .list()
+            .iter()
+            .map(|i| {
+                let shown = volumes::ClaimShown::of(self.claims.as_deref(), &i.volume_id);
+                volumes::info_dict(i, &shown)
+            })
+            .collect()
     }
 
     /// Starts an online snapshot job of `vg/lv` (idempotent per request id) and returns its
@@ -531,7 +553,7 @@ pub async fn serve(
         log,
         started: StdInstant::now(),
         volumes,
-        volume_objects: Default::default(),
+        volume_objects: volumes::VolumeObjects::new(claims.clone()),
         snapshots,
         claims,
     };

@@ -3,12 +3,14 @@
 //! through the ObjectManager, and `VolumeLost` when every path of a volume is gone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use zbus::object_server::InterfaceRef;
 use zbus::{interface, Connection, OwnedObjectPath, OwnedVariant, Variant};
 
 use super::{var, Agent, Error};
+use crate::claims::VolumeClaims;
 use crate::nvme::options::OptValue;
 use crate::nvme::volumes::{NvmeError, VolumeEvent, VolumeInfo, Volumes};
 
@@ -89,9 +91,42 @@ pub fn to_options(map: HashMap<String, OwnedVariant>) -> Result<BTreeMap<String,
     Ok(out)
 }
 
+/// What the bus shows of a volume's claim: holder, the holder's epoch, and a migration as
+/// "to <node> until <time>" (this host is its source) or "from <node> until <time>".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimShown {
+    pub holder: String,
+    pub epoch: u64,
+    pub migration: String,
+}
+
+impl ClaimShown {
+    pub fn of(claims: Option<&dyn VolumeClaims>, id: &str) -> ClaimShown {
+        let Some(c) = claims.and_then(|c| c.held(id).map(|h| (c.node().to_string(), h))) else {
+            return ClaimShown::default();
+        };
+        let (me, claim) = c;
+        let migration = claim.migration.as_ref().map_or_else(String::new, |m| {
+            if m.node() == me {
+                format!("from {} until {}", claim.node(), m.deadline)
+            } else {
+                format!("to {} until {}", m.node(), m.deadline)
+            }
+        });
+        ClaimShown {
+            holder: claim.holder,
+            epoch: claim.epoch,
+            migration,
+        }
+    }
+}
+
 /// A volume as an `a{sv}` (`Connect`'s reply, `ListVolumes`).
-pub fn info_dict(i: &VolumeInfo) -> HashMap<String, OwnedVariant> {
+pub fn info_dict(i: &VolumeInfo, claim: &ClaimShown) -> HashMap<String, OwnedVariant> {
     let mut m = HashMap::new();
+    m.insert("ClaimHolder".into(), var(claim.holder.as_str()));
+    m.insert("ClaimEpoch".into(), var(claim.epoch));
+    m.insert("Migration".into(), var(claim.migration.as_str()));
     m.insert("VolumeId".into(), var(i.volume_id.as_str()));
     m.insert(
         "ObjectPath".into(),
@@ -120,6 +155,7 @@ fn paths(i: &VolumeInfo) -> Vec<(String, String, String)> {
 /// `org.volfence.Volume1`: reads the manager's current view on every get.
 pub struct VolumeObject {
     volumes: Volumes,
+    claims: Option<Arc<dyn VolumeClaims>>,
     id: String,
 }
 
@@ -188,6 +224,40 @@ impl VolumeObject {
     fn epoch(&self) -> u64 {
         self.info().epoch
     }
+    /// The claim's holder, `<node>/<boot_id>` (empty without claims).
+    #[zbus(property)]
+    fn claim_holder(&self) -> String {
+        ClaimShown::of(self.claims.as_deref(), &self.id).holder
+    }
+    /// The holder's host-lease epoch in the claim.
+    #[zbus(property)]
+    fn claim_epoch(&self) -> u64 {
+        ClaimShown::of(self.claims.as_deref(), &self.id).epoch
+    }
+    /// A live migration in progress: "to <node> until <time>" or "from <node> until <time>".
+    #[zbus(property)]
+    fn migration(&self) -> String {
+        ClaimShown::of(self.claims.as_deref(), &self.id).migration
+    }
+}
+
+/// One `PropertiesChanged` for a volume's claim properties.
+async fn emit_claim(
+    iface: &InterfaceRef<super::ReadOnlyProps<VolumeObject>>,
+    c: &ClaimShown,
+) -> zbus::Result<()> {
+    let changed: HashMap<&str, Variant<'_>> = HashMap::from([
+        ("ClaimHolder", c.holder.as_str().into()),
+        ("ClaimEpoch", c.epoch.into()),
+        ("Migration", c.migration.as_str().into()),
+    ]);
+    zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        zbus::names::InterfaceName::from_static_str_unchecked(VOLUME_INTERFACE),
+        changed,
+        std::borrow::Cow::Borrowed(&[]),
+    )
+    .await
 }
 
 /// One `PropertiesChanged` with every property that differs, so a watcher sees a change (a
@@ -239,10 +309,32 @@ async fn emit_changes(
 /// and the publisher both go through it, under one lock: `Connect` makes its volume's object
 /// before it replies (the reply names it), the publisher follows every other change, and
 /// neither can bring back an object the other has removed.
-#[derive(Clone, Default)]
-pub struct VolumeObjects(std::sync::Arc<tokio::sync::Mutex<HashMap<String, VolumeInfo>>>);
+#[derive(Clone)]
+pub struct VolumeObjects {
+    shown: Arc<tokio::sync::Mutex<HashMap<String, VolumeInfo>>>,
+    claims: Option<Arc<dyn VolumeClaims>>,
+}
 
 impl VolumeObjects {
+    pub fn new(claims: Option<Arc<dyn VolumeClaims>>) -> VolumeObjects {
+        VolumeObjects {
+            shown: Arc::default(),
+            claims,
+        }
+    }
+
+    /// Says that `id`'s claim changed, if its object is shown.
+    pub async fn claim_changed(&self, server: &zbus::ObjectServer, id: &str) -> zbus::Result<()> {
+        let _shown = self.shown.lock().await;
+        if let Ok(iface) = server
+            .interface::<_, super::ReadOnlyProps<VolumeObject>>(&volume_path(id))
+            .await
+        {
+            emit_claim(&iface, &ClaimShown::of(self.claims.as_deref(), id)).await?;
+        }
+        Ok(())
+    }
+
     /// Makes the bus show what the manager has now for `ids` (every volume, shown or not, if
     /// `None`): objects added (InterfacesAdded), changed (one PropertiesChanged) or removed.
     pub async fn sync(
@@ -251,7 +343,7 @@ impl VolumeObjects {
         volumes: &Volumes,
         ids: Option<HashSet<String>>,
     ) -> zbus::Result<()> {
-        let mut shown = self.0.lock().await;
+        let mut shown = self.shown.lock().await;
         let ids = ids.unwrap_or_else(|| {
             let mut all: HashSet<String> =
                 volumes.list().into_iter().map(|i| i.volume_id).collect();
@@ -270,6 +362,7 @@ impl VolumeObjects {
                             &path,
                             super::ReadOnlyProps::new(VolumeObject {
                                 volumes: volumes.clone(),
+                                claims: self.claims.clone(),
                                 id,
                             }),
                         )
@@ -305,6 +398,10 @@ pub async fn publish_volumes(
     let mut rx = volumes.subscribe();
     let server = conn.object_server();
     let objects = agent.get().await.volume_objects();
+    let claims = agent.get().await.claims();
+    // Without claims, a channel that never speaks.
+    let (_quiet, quiet_rx) = tokio::sync::broadcast::channel(1);
+    let mut claim_rx = claims.as_ref().map_or(quiet_rx, |c| c.subscribe());
     let mut sync_all = true;
     loop {
         if sync_all {
@@ -315,6 +412,14 @@ pub async fn publish_volumes(
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = rx.recv() => r,
+            c = claim_rx.recv() => {
+                match c {
+                    Ok(id) => objects.claim_changed(server, &id).await?,
+                    Err(RecvError::Lagged(_)) => sync_all = true,
+                    Err(RecvError::Closed) => {}
+                }
+                continue;
+            }
         };
         match ev {
             Ok(VolumeEvent::Added(id) | VolumeEvent::Changed(id) | VolumeEvent::Removed(id)) => {
@@ -322,14 +427,44 @@ pub async fn publish_volumes(
                     .sync(server, &volumes, Some(HashSet::from([id])))
                     .await?;
             }
-            Ok(VolumeEvent::Lost(id)) => {
-                let nqn = volumes.get(&id).map(|i| i.nqn).unwrap_or_default();
+            Ok(VolumeEvent::Lost { id, nqn }) => {
                 Agent::volume_lost(agent.signal_emitter(), &id, &nqn).await?;
             }
             Err(RecvError::Lagged(_)) => sync_all = true,
             Err(RecvError::Closed) => return Ok(()),
         }
     }
+}
+
+/// Takes `migration_source` (a node name) out of `Connect`'s options: the claim's business,
+/// not the kernel's. Refused where there are no claims to migrate, and for this node itself.
+pub fn migration_source(
+    options: &mut HashMap<String, OwnedVariant>,
+    claims: Option<&dyn crate::claims::VolumeClaims>,
+) -> Result<Option<String>, Error> {
+    let Some(v) = options.remove("migration_source") else {
+        return Ok(None);
+    };
+    let node = String::try_from(v).map_err(|_| {
+        Error::InvalidArgument(
+            "option migration_source: expected a string (the source node's name)".into(),
+        )
+    })?;
+    if !crate::names::is_dns1123_subdomain(&node) {
+        return Err(Error::InvalidArgument(format!(
+            "option migration_source: expected a node name (lowercase DNS subdomain), found {node:?}"
+        )));
+    }
+    // Without claims (the standalone backend) nothing is exclusive: nothing to join.
+    let Some(c) = claims else {
+        return Ok(None);
+    };
+    if node == c.node() {
+        return Err(Error::InvalidArgument(format!(
+            "option migration_source: {node} is this node; a migration is between two nodes"
+        )));
+    }
+    Ok(Some(node))
 }
 
 /// Parses the `Connect` arguments into a request (errors name the key).

@@ -121,8 +121,12 @@ pub enum VolumeEvent {
     Added(String),
     Changed(String),
     Removed(String),
-    /// Every path of the volume is gone.
-    Lost(String),
+    /// The volume is lost to this host: every path is gone, or another host holds its claim
+    /// now (it is disconnected next).
+    Lost {
+        id: String,
+        nqn: String,
+    },
 }
 
 struct Inner {
@@ -409,10 +413,24 @@ impl Volumes {
             if let Some(m) = &self.inner.metrics {
                 m.nvme_volumes_lost.inc();
             }
-            events.push(VolumeEvent::Lost(id));
+            events.push(VolumeEvent::Lost {
+                id,
+                nqn: info.nqn.clone(),
+            });
         }
         self.publish_state_gauge();
         Some((info, events))
+    }
+
+    /// Says `id` is lost to this host for a reason outside the kernel (its claim was taken
+    /// over), before it is disconnected.
+    pub fn report_lost(&self, id: &str) {
+        if let Some(i) = self.get(id) {
+            self.announce(vec![VolumeEvent::Lost {
+                id: id.to_string(),
+                nqn: i.nqn,
+            }]);
+        }
     }
 
     fn announce(&self, events: Vec<VolumeEvent>) {
