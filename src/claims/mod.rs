@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod protocol;
+pub mod reconcile;
 pub mod record;
 pub mod window;
 

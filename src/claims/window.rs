@@ -9,24 +9,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::reconcile::Attachments;
 use super::VolumeClaims;
-use crate::nvme::volumes::Volumes;
 
 /// How often an open window reads its claim.
 const POLL: Duration = Duration::from_secs(2);
 
 /// Opens `volume_id`'s window for `window` (unless one is open), as a task of its own.
-pub fn open(claims: Arc<dyn VolumeClaims>, volumes: Volumes, volume_id: String, window: Duration) {
+pub fn open(
+    claims: Arc<dyn VolumeClaims>,
+    devices: Arc<dyn Attachments>,
+    volume_id: String,
+    window: Duration,
+) {
     if !claims.open_window(&volume_id) {
         return;
     }
     tokio::spawn(async move {
-        run(claims.as_ref(), &volumes, &volume_id, window).await;
+        run(claims.as_ref(), devices.as_ref(), &volume_id, window).await;
         claims.close_window(&volume_id);
     });
 }
 
-async fn run(claims: &dyn VolumeClaims, volumes: &Volumes, id: &str, window: Duration) {
+async fn run(claims: &dyn VolumeClaims, devices: &dyn Attachments, id: &str, window: Duration) {
     let deadline = Instant::now() + window;
     let me = claims.node().to_string();
     loop {
@@ -54,8 +59,8 @@ async fn run(claims: &dyn VolumeClaims, volumes: &Volumes, id: &str, window: Dur
             continue;
         }
         // Both still attached at the deadline: this host goes.
-        if volumes.get(id).is_some() {
-            if let Err(e) = volumes.disconnect(id, None).await {
+        if devices.attached().iter().any(|a| a == id) {
+            if let Err(e) = devices.detach(id).await {
                 tracing::error!(VOLUME = id, "migration window ended: {e}; retrying");
                 continue;
             }

@@ -349,10 +349,10 @@ pub async fn run_with(
         // A crash between a Disconnect's device removal and its claim's release leaves a claim
         // without a device: release it before serving. The API server may be away: the
         // reconcile task tries again once the lease is held.
-        tasks::release_stale_claims(c.as_ref(), &volumes).await;
+        crate::claims::reconcile::release_stale(c.as_ref(), &volumes).await;
         tasks.spawn(tasks::claims_reconcile(
             c.clone(),
-            volumes.clone(),
+            Arc::new(volumes.clone()),
             fence.subscribe(),
             fence.clone(),
             shutdown.clone(),

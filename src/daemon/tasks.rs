@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::Notifier;
 use super::TaskResult;
-use crate::claims::{Recheck, VolumeClaims};
+use futures::future::BoxFuture;
+
+use crate::claims::reconcile::{self, Attachments};
+use crate::claims::VolumeClaims;
 use crate::dbus;
 use crate::fence::{record, Fence, FenceState, FenceStatus};
 use crate::metrics::Metrics;
@@ -79,26 +82,16 @@ pub async fn validity_record(
     }
 }
 
-/// Releases this node's claims whose volume is not connected here (a crash after a device was
-/// removed and before its claim was released). Logs what it could not do.
-pub async fn release_stale_claims(claims: &dyn VolumeClaims, volumes: &Volumes) {
-    let mine = match claims.mine().await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!("cannot list this node's claims yet: {e}");
-            return;
-        }
-    };
-    let connected: Vec<String> = volumes.list().into_iter().map(|v| v.volume_id).collect();
-    for c in mine.iter().filter(|c| !connected.contains(&c.volume_id)) {
-        match claims.release(&c.volume_id).await {
-            Ok(_) => tracing::info!(
-                VOLUME = c.volume_id.as_str(),
-                "released the claim of volume {}: it is not connected on this host",
-                c.volume_id
-            ),
-            Err(e) => tracing::warn!(VOLUME = c.volume_id.as_str(), "{e}"),
-        }
+/// The real volumes as the claims see them (this is where the two rooms meet).
+impl Attachments for Volumes {
+    fn attached(&self) -> Vec<String> {
+        self.list().into_iter().map(|v| v.volume_id).collect()
+    }
+    fn report_lost(&self, id: &str) {
+        Volumes::report_lost(self, id);
+    }
+    fn detach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.disconnect(id, None).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -107,7 +100,7 @@ pub async fn release_stale_claims(claims: &dyn VolumeClaims, volumes: &Volumes) 
 /// now, is disconnected and reported, never taken back.
 pub async fn claims_reconcile(
     claims: Arc<dyn VolumeClaims>,
-    volumes: Volumes,
+    devices: Arc<dyn Attachments>,
     mut rx: watch::Receiver<FenceStatus>,
     fence: Fence,
     shutdown: CancellationToken,
@@ -117,34 +110,7 @@ pub async fn claims_reconcile(
         let st = rx.borrow_and_update().clone();
         if st.state == FenceState::Held && st.epoch != done_epoch {
             if let Ok(guard) = fence.guard() {
-                release_stale_claims(claims.as_ref(), &volumes).await;
-                let mut complete = true;
-                for v in volumes.list() {
-                    match claims.recheck(&guard, &v.volume_id).await {
-                        Ok(Recheck::Kept(c)) => {
-                            // A migration this host joined before it restarted: its window goes on.
-                            if let Some(left) = claims.window_left(&c) {
-                                crate::claims::window::open(
-                                    claims.clone(),
-                                    volumes.clone(),
-                                    v.volume_id.clone(),
-                                    left,
-                                );
-                            }
-                        }
-                        Ok(Recheck::Lost(_)) => {
-                            volumes.report_lost(&v.volume_id);
-                            if let Err(e) = volumes.disconnect(&v.volume_id, None).await {
-                                tracing::error!(VOLUME = v.volume_id.as_str(), "{e}");
-                            }
-                        }
-                        Err(e) => {
-                            complete = false;
-                            tracing::warn!(VOLUME = v.volume_id.as_str(), "{e}");
-                        }
-                    }
-                }
-                if complete {
+                if reconcile::at_new_holding(&claims, &devices, &guard).await {
                     done_epoch = guard.epoch();
                 }
             }

@@ -329,7 +329,7 @@ impl Agent {
             }
         };
         if let (Some(c), Some(w)) = (&self.claims, window) {
-            crate::claims::window::open(c.clone(), self.volumes.clone(), id.clone(), w);
+            crate::claims::window::open(c.clone(), Arc::new(self.volumes.clone()), id.clone(), w);
         }
         // The reply names the volume's object: it exists before the caller can ask it.
         self.sync_volume_object(conn, &info.volume_id).await;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use volfence::claims::{Claim, ClaimError, ClaimStore};
 use volfence::fence::lease::{ApiError, LeaseApi, LeaseRecord};
 use volfence::fence::observer::{Observer, Verdict};
 use volfence::fence::takeover::{ClaimApi, ClaimRead};
@@ -27,6 +28,9 @@ pub struct Net {
     pub partitioned: bool,
     /// The client process is stopped.
     pub frozen: bool,
+    /// Per mille of claim requests the server refuses without committing them: 429 Too Many
+    /// Requests, 503, or a spurious 409 (a write raced by nobody the client knows of).
+    pub errors_per_mille: u64,
 }
 
 /// How long a request into a partition takes to fail (the client's connect/read timeout).
@@ -38,6 +42,10 @@ struct View {
     observer: Observer,
     /// Events were lost (partition, freeze): relist before trusting the cache.
     stale: bool,
+    /// Watch only this lease (the agent's own, as the product does); None: every lease.
+    only: Option<String>,
+    /// Draws for injected errors (xorshift).
+    dice: u64,
 }
 
 #[derive(Default)]
@@ -46,6 +54,8 @@ struct State {
     leases: BTreeMap<String, LeaseRecord>,
     /// role → (owner, resourceVersion), for the simulation's takeover compare-and-swap.
     claims: BTreeMap<String, (String, u64)>,
+    /// Volume claims as the product's claims code stores them ([`ClaimStore`]), by volume id.
+    volumes: BTreeMap<String, Claim>,
     views: Vec<Arc<Mutex<View>>>,
     events: Vec<String>,
     requests: HashMap<String, u64>,
@@ -88,11 +98,31 @@ impl SimServer {
 
     /// A new client whose watch starts with a full list.
     pub fn client(&self, name: &str, net: Net) -> SimApi {
+        self.make_client(name, net, None)
+    }
+
+    /// A client that watches only its own lease (named `name`), as the agent does: other
+    /// leases it knows only from its reads.
+    pub fn agent_client(&self, name: &str, net: Net) -> SimApi {
+        self.make_client(name, net, Some(name.to_string()))
+    }
+
+    /// The volume claims as stored.
+    pub fn volume_claims(&self) -> BTreeMap<String, Claim> {
+        self.state.lock().unwrap().volumes.clone()
+    }
+
+    fn make_client(&self, name: &str, net: Net, only: Option<String>) -> SimApi {
+        let dice = name.bytes().fold(0x9E37_79B9_7F4A_7C15_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) | 1;
         let view = Arc::new(Mutex::new(View {
             net,
             cache: HashMap::new(),
             observer: Observer::new(self.lease_duration, self.grace),
             stale: true,
+            only,
+            dice,
         }));
         self.state.lock().unwrap().views.push(view.clone());
         SimApi {
@@ -181,7 +211,9 @@ impl SimServer {
             tokio::spawn(async move {
                 tokio::time::sleep(latency).await;
                 let mut v = view.lock().unwrap();
-                if v.net.partitioned || v.net.frozen {
+                if v.only.as_ref().is_some_and(|o| *o != rec.name) {
+                    // not watched
+                } else if v.net.partitioned || v.net.frozen {
                     v.stale = true;
                 } else {
                     apply(&mut v, rec);
@@ -234,7 +266,9 @@ impl SimApi {
                 .cloned()
                 .collect();
             for rec in leases {
-                apply(&mut v, rec);
+                if v.only.as_ref().is_none_or(|o| *o == rec.name) {
+                    apply(&mut v, rec);
+                }
             }
             v.stale = false;
         }
@@ -286,6 +320,31 @@ impl SimApi {
             .await
             .map_err(|_| ApiError::Unavailable("response lost".into()))?;
         Ok(out)
+    }
+
+    /// A claim request: like [`SimApi::call`], but the server may refuse it first (the fault
+    /// `errors_per_mille`), without committing anything.
+    async fn claim_call<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let refused = {
+            let mut v = self.view.lock().unwrap();
+            v.dice ^= v.dice << 13;
+            v.dice ^= v.dice >> 7;
+            v.dice ^= v.dice << 17;
+            let roll = v.dice % 1000;
+            (roll < v.net.errors_per_mille).then_some(roll % 3)
+        };
+        self.call(move |st| match refused {
+            Some(0) => Err(ApiError::Unavailable(
+                "429 Too Many Requests (retry after 1s)".into(),
+            )),
+            Some(1) => Err(ApiError::Unavailable("503 Service Unavailable".into())),
+            Some(_) => Err(ApiError::Conflict),
+            None => f(st).map(|t| (t, None)),
+        })
+        .await
     }
 
     async fn get(&self, name: &str) -> Result<Option<LeaseRecord>, ApiError> {
@@ -395,5 +454,100 @@ impl LeaseApi for SimApi {
             .unwrap()
             .events
             .push(format!("{name} {reason}: {message}"));
+    }
+}
+
+fn api_err(volume: &str) -> impl Fn(ApiError) -> ClaimError + '_ {
+    move |source| ClaimError::Api {
+        volume: volume.to_string(),
+        source,
+    }
+}
+
+/// The product's claims code on the simulated server: compare-and-swap on a version from the
+/// global sequence, 404/409 as the real server answers them.
+impl ClaimStore for SimApi {
+    async fn read(&self, volume_id: &str) -> Result<Option<Claim>, ClaimError> {
+        let id = volume_id.to_string();
+        self.claim_call(move |st| Ok(st.volumes.get(&id).cloned()))
+            .await
+            .map_err(api_err(volume_id))
+    }
+
+    async fn create(&self, claim: &Claim) -> Result<Claim, ApiError> {
+        let c = claim.clone();
+        self.claim_call(move |st| {
+            if st.volumes.contains_key(&c.volume_id) {
+                return Err(ApiError::AlreadyExists);
+            }
+            st.rv += 1;
+            let c = Claim {
+                version: st.rv.to_string(),
+                ..c
+            };
+            st.volumes.insert(c.volume_id.clone(), c.clone());
+            Ok(c)
+        })
+        .await
+    }
+
+    async fn replace(&self, claim: &Claim) -> Result<Claim, ApiError> {
+        let c = claim.clone();
+        self.claim_call(move |st| {
+            let cur = st.volumes.get(&c.volume_id).ok_or(ApiError::NotFound)?;
+            if cur.version != c.version {
+                return Err(ApiError::Conflict);
+            }
+            st.rv += 1;
+            let c = Claim {
+                version: st.rv.to_string(),
+                ..c
+            };
+            st.volumes.insert(c.volume_id.clone(), c.clone());
+            Ok(c)
+        })
+        .await
+    }
+
+    async fn delete(&self, claim: &Claim) -> Result<(), ApiError> {
+        let c = claim.clone();
+        self.claim_call(move |st| {
+            let cur = st.volumes.get(&c.volume_id).ok_or(ApiError::NotFound)?;
+            if cur.version != c.version {
+                return Err(ApiError::Conflict);
+            }
+            st.volumes.remove(&c.volume_id);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mine(&self) -> Result<Vec<Claim>, ClaimError> {
+        let me = self.name.clone();
+        self.claim_call(move |st| {
+            Ok(st
+                .volumes
+                .values()
+                .filter(|c| c.held_by(&me))
+                .cloned()
+                .collect())
+        })
+        .await
+        .map_err(api_err("*"))
+    }
+
+    async fn all(&self) -> Result<Vec<Claim>, ClaimError> {
+        self.claim_call(|st| Ok(st.volumes.values().cloned().collect()))
+            .await
+            .map_err(api_err("*"))
+    }
+
+    async fn event(&self, volume_id: &str, reason: &str, message: &str, _warning: bool) {
+        self.server
+            .state
+            .lock()
+            .unwrap()
+            .events
+            .push(format!("{volume_id} {reason}: {message}"));
     }
 }
