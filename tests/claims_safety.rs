@@ -12,7 +12,7 @@
 //! claim they hold in that guard's epoch — except the two holders of a migration the server's
 //! claim declares.
 //!
-//! `VOLFENCE_SIM_SCHEDULES` (default 40) sets the number of schedules; `VOLFENCE_SIM_SEED` the
+//! `VOLFENCE_SIM_SCHEDULES` (default 150) sets the number of schedules; `VOLFENCE_SIM_SEED` the
 //! first seed. Thousands locally:
 //! `VOLFENCE_SIM_SCHEDULES=2000 cargo test --release --test claims_safety -- --nocapture`.
 
@@ -309,6 +309,23 @@ async fn schedule(seed: u64, stats: Arc<Mutex<Stats>>) {
                 })
             });
             if !migrating {
+                if std::env::var_os("VOLFENCE_SIM_TRACE").is_some() {
+                    for e in server
+                        .events()
+                        .iter()
+                        .filter(|e| e.starts_with(&format!("{v} ")))
+                    {
+                        println!("  event {e}");
+                    }
+                    for h in &hs {
+                        let a = agents[*h].as_ref().unwrap();
+                        println!(
+                            "  host-{h}: fence {:?}, held {:?}",
+                            a.fence.status(),
+                            a.claims.held(&v)
+                        );
+                    }
+                }
                 stats.lock().unwrap().violations.push(format!(
                     "seed {seed}: {v} writable by hosts {hs:?} at {:?}; claim {:?}",
                     now - start,
@@ -402,7 +419,7 @@ fn no_two_hosts_ever_write_one_volume_outside_a_declared_migration() {
     let n: u64 = std::env::var("VOLFENCE_SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(150);
     let first: u64 = std::env::var("VOLFENCE_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -404,7 +404,7 @@ fn print_volume(m: &Json) {
     }
 }
 
-/// VOLUME HOLDER EPOCH SINCE STATE HOLDER-LEASE, the last one free-form.
+/// VOLUME HOLDER EPOCH SINCE STATE HOLDER-LEASE, the last one free-form (with the Node hint).
 fn print_claims(list: &[Json]) {
     if list.is_empty() {
         println!("no claims");
@@ -414,13 +414,23 @@ fn print_claims(list: &[Json]) {
         .iter()
         .map(|m| {
             let releasing = m.get("Releasing").and_then(serde_json::Value::as_bool) == Some(true);
+            let migration = text(m, "Migration");
+            let state = match (releasing, migration.is_empty()) {
+                (true, _) => "releasing".to_string(),
+                (false, true) => "held".to_string(),
+                (false, false) => format!("migrating {migration}"),
+            };
+            let mut hint = text(m, "HolderLease");
+            if text(m, "HolderNode") == "gone" {
+                hint.push_str("; its Node object is gone");
+            }
             [
                 text(m, "VolumeId"),
                 text(m, "Holder"),
                 text(m, "Epoch"),
                 text(m, "Since"),
-                if releasing { "releasing" } else { "held" }.to_string(),
-                text(m, "HolderLease"),
+                state,
+                hint,
             ]
         })
         .collect();

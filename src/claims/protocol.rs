@@ -28,6 +28,9 @@ pub trait ClaimStore: Send + Sync {
     fn mine(&self) -> impl Future<Output = Result<Vec<Claim>, ClaimError>> + Send;
     /// Every claim (for people: `volfencectl claims --all`).
     fn all(&self) -> impl Future<Output = Result<Vec<Claim>, ClaimError>> + Send;
+    /// Whether Node `node` exists (for people: `volfencectl claims`); None when the server
+    /// could not say (no permission, unreachable).
+    fn node_exists(&self, node: &str) -> impl Future<Output = Option<bool>> + Send;
     /// Records an Event on `volume_id`'s claim (best effort).
     fn event(
         &self,
@@ -131,6 +134,8 @@ impl std::fmt::Display for HolderLease {
 pub struct ClaimView {
     pub claim: Claim,
     pub holder_lease: HolderLease,
+    /// Whether the holder's Node object exists (None: could not tell).
+    pub holder_node: Option<bool>,
 }
 
 /// What a release did.
@@ -422,6 +427,7 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                 leases: &self.leases,
                 next: self.ours(guard, volume_id, Some(&cur)),
                 also_silent: other_destination,
+                based_on: cur.version.clone(),
             };
             match takeover::take_over(&attempt, guard, &cur.name, cur.node(), me)
                 .await
@@ -578,6 +584,7 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
         };
         let mut leases: std::collections::BTreeMap<String, Option<LeaseRecord>> =
             Default::default();
+        let mut nodes: std::collections::BTreeMap<String, Option<bool>> = Default::default();
         let mut out = Vec::with_capacity(claims.len());
         for claim in claims {
             let node = claim.node().to_string();
@@ -612,9 +619,14 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     }
                 }
             };
+            if !nodes.contains_key(&node) {
+                let exists = self.store.node_exists(&node).await;
+                nodes.insert(node.clone(), exists);
+            }
             out.push(ClaimView {
                 claim,
                 holder_lease,
+                holder_node: nodes[&node],
             });
         }
         Ok(out)
@@ -639,6 +651,9 @@ struct Attempt<'a, S, L> {
     /// A migration's destination that must be silent too: confirmed after the claim was read,
     /// like the holder, before the swap.
     also_silent: Option<String>,
+    /// The version this decision was made on: a claim that changed since (a migration joined,
+    /// say) is decided again, not swapped.
+    based_on: String,
 }
 
 impl<S: ClaimStore, L: LeaseApi> LeaseApi for Attempt<'_, S, L> {
@@ -687,7 +702,12 @@ impl<S: ClaimStore, L: LeaseApi> ClaimApi for Attempt<'_, S, L> {
     async fn read_claim(&self, _claim: &str) -> Result<Option<ClaimRead>, ApiError> {
         match self.store.read(&self.next.volume_id).await {
             Ok(c) => Ok(c.map(|c| ClaimRead {
-                holder: c.node().to_string(),
+                // Changed since the decision: not the claim we decided to take.
+                holder: if c.version == self.based_on {
+                    c.node().to_string()
+                } else {
+                    String::new()
+                },
                 version: c.version,
             })),
             Err(ClaimError::Api { source, .. }) => Err(source),

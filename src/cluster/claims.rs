@@ -266,6 +266,17 @@ impl ClaimStore for KubeClaims {
         self.select(&format!("{CLAIM_LABEL}=true"), |_| true).await
     }
 
+    async fn node_exists(&self, node: &str) -> Option<bool> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.api.clone().into_client());
+        match nodes.get_opt(node).await {
+            Ok(n) => Some(n.is_some()),
+            Err(e) => {
+                tracing::debug!("node {node}: {}", api_error(&e));
+                None
+            }
+        }
+    }
+
     async fn event(&self, volume_id: &str, reason: &str, message: &str, warning: bool) {
         let spec = EventSpec {
             reason,

@@ -372,7 +372,8 @@ impl Agent {
     /// Volume claims (with the `kubernetes` backend): this node's, or with `all` every claim,
     /// as dictionaries: VolumeId, Name, Holder, Node, Epoch (t), Generation (i), Since,
     /// Releasing (b), HolderLease (what the holder's host lease looks like by this host's wall
-    /// clock: a hint for people).
+    /// clock: a hint for people), HolderNode (present | gone | unknown: the holder's Node
+    /// object), Migration ("to <holder> until <time>", or empty).
     async fn list_claims(&self, all: bool) -> Result<Vec<HashMap<String, OwnedVariant>>, Error> {
         let Some(c) = &self.claims else {
             return Err(Error::Failed(
@@ -395,6 +396,20 @@ impl Agent {
                     ("Since".to_string(), var(c.acquired.unwrap_or_default())),
                     ("Releasing".to_string(), var(c.releasing)),
                     ("HolderLease".to_string(), var(v.holder_lease.to_string())),
+                    (
+                        "HolderNode".to_string(),
+                        var(match v.holder_node {
+                            Some(true) => "present",
+                            Some(false) => "gone",
+                            None => "unknown",
+                        }),
+                    ),
+                    (
+                        "Migration".to_string(),
+                        var(c.migration.as_ref().map_or_else(String::new, |m| {
+                            format!("to {} until {}", m.holder, m.deadline)
+                        })),
+                    ),
                 ])
             })
             .collect())

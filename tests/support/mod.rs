@@ -2,6 +2,8 @@
 //! started against both.
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

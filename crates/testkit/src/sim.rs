@@ -542,6 +542,10 @@ impl ClaimStore for SimApi {
             .map_err(api_err("*"))
     }
 
+    async fn node_exists(&self, _node: &str) -> Option<bool> {
+        None // the simulation has no Node objects
+    }
+
     async fn event(&self, volume_id: &str, reason: &str, message: &str, _warning: bool) {
         self.server
             .state
