@@ -243,6 +243,15 @@ async fn takeover_waits_for_the_holders_fence_and_the_loser_lets_go() {
         .contains(&"VolumeTakenOver".to_string()));
     assert_eq!(a.kernel.controllers().len(), 1, "refuse keeps A's device");
 
+    // A's bus says so when it lets go: VolumeLost, as for a volume whose paths are gone.
+    let conn = zbus::connection::Builder::address(a.bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    let proxy = volfence::dbus::client::Agent1Proxy::new(&conn)
+        .await
+        .unwrap();
+    let mut lost = proxy.receive_volume_lost().await.unwrap();
     emu.faults("node-a", Faults::default());
     a.until_state("held").await;
     for _ in 0..100 {
@@ -255,6 +264,12 @@ async fn takeover_waits_for_the_holders_fence_and_the_loser_lets_go() {
         a.kernel.controllers().is_empty(),
         "A let go of the volume it lost"
     );
+    let signal = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut lost))
+        .await
+        .expect("VolumeLost within 5 s")
+        .unwrap();
+    let args = signal.args().unwrap();
+    assert_eq!((args.volume_id.as_str(), args.nqn.as_str()), ("vol-t", NQN));
     let holder = api
         .claim("vol-t")
         .await

@@ -42,6 +42,9 @@ pub trait Agent1 {
     fn valid_for_ms(&self) -> zbus::Result<u64>;
     #[zbus(signal, name = "FenceStateChanged")]
     fn fence_transition(&self, state: String, epoch: u64, message: String) -> zbus::Result<()>;
+    /// The volume is lost to this host (every path gone, or its claim taken over).
+    #[zbus(signal)]
+    fn volume_lost(&self, volume_id: String, nqn: String) -> zbus::Result<()>;
 }
 
 #[proxy(
