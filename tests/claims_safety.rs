@@ -28,7 +28,7 @@ use volfence::claims::{window, Acquired, ClaimError, Claims, VolumeClaims};
 use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
 use volfence::fence::{BoxedUnit, Fence, FenceLoop, Holder, LossHandler, Timing};
-use volfence_testkit::sim::{Net, SimApi, SimServer};
+use volfence_testkit::sim::{Net, Rng, SimApi, SimServer};
 
 const T: Timing = Timing {
     lease_duration: Duration::from_secs(10),
@@ -39,24 +39,6 @@ const HOSTS: usize = 3;
 const VOLUMES: usize = 10;
 const RUN: Duration = Duration::from_secs(150);
 const WINDOW: Duration = Duration::from_secs(20);
-
-/// xorshift64*: small, seeded, reproducible.
-#[derive(Clone)]
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
 
 fn node(i: usize) -> String {
     format!("host-{i}")
@@ -276,7 +258,7 @@ async fn schedule(seed: u64, stats: Arc<Mutex<Stats>>) {
     let mut boots = [0u32; HOSTS];
     let mut agents: Vec<Option<Agent>> = (0..HOSTS)
         .map(|i| {
-            let r = Rng(rng.next() | 1);
+            let r = Rng(rng.draw() | 1);
             Some(start_agent(
                 &server,
                 i,
@@ -359,32 +341,18 @@ async fn schedule(seed: u64, stats: Arc<Mutex<Stats>>) {
             2 => faulty.latency = rng.millis(100, 6000),
             3 => faulty.frozen = true,
             4 => faulty.errors_per_mille = 100 + rng.below(400),
-            5 => {
-                // agent crash + restart, same boot: the devices stay
+            kind => {
+                // 5: agent crash + restart, same boot (the devices stay); 6: reboot, a new boot
+                // id after a down time, the devices gone.
                 if let Some(a) = agents[i].take() {
                     a.crash();
                 }
-                let r = Rng(rng.next() | 1);
-                agents[i] = Some(start_agent(
-                    &server,
-                    i,
-                    boots[i],
-                    nets[i].clone(),
-                    devices[i].clone(),
-                    r,
-                    stats.clone(),
-                ));
-                continue;
-            }
-            _ => {
-                // reboot: new boot id, devices gone, after a down time
-                if let Some(a) = agents[i].take() {
-                    a.crash();
+                if kind == 6 {
+                    devices[i].0.lock().unwrap().clear();
+                    tokio::time::sleep(rng.millis(0, 5000)).await;
+                    boots[i] += 1;
                 }
-                devices[i].0.lock().unwrap().clear();
-                tokio::time::sleep(rng.millis(0, 5000)).await;
-                boots[i] += 1;
-                let r = Rng(rng.next() | 1);
+                let r = Rng(rng.draw() | 1);
                 agents[i] = Some(start_agent(
                     &server,
                     i,

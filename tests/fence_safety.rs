@@ -25,7 +25,7 @@ use volfence::config::LeaseLossAction;
 use volfence::fence::lease::KubeLease;
 use volfence::fence::takeover::{take_over, Takeover};
 use volfence::fence::{Fence, FenceLoop, Holder, LogOnlyLoss, Timing};
-use volfence_testkit::sim::{Net, SimApi, SimServer};
+use volfence_testkit::sim::{Net, Rng, SimApi, SimServer};
 
 const T: Timing = Timing {
     lease_duration: Duration::from_secs(10),
@@ -34,23 +34,6 @@ const T: Timing = Timing {
 };
 const HOSTS: usize = 3;
 const RUN: Duration = Duration::from_secs(150);
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
 
 /// Roles a host took, with the epoch it took them in.
 type Roles = Arc<Mutex<HashMap<String, u64>>>;

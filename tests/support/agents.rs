@@ -227,43 +227,30 @@ impl Agent {
     }
 
     pub async fn connect(&self, volume: &str, nsid: u32) -> std::process::Output {
-        let nsid = nsid.to_string();
-        ctl(
-            &self.bus.address,
-            &[
-                "connect",
-                volume,
-                "--nqn",
-                NQN,
-                "--traddr",
-                "127.0.0.1",
-                "--nsid",
-                &nsid,
-                "--json",
-            ],
-        )
-        .await
+        self.connect_with(volume, nsid, &[]).await
     }
 
+    /// A live migration's destination Connect, from `source`.
     pub async fn migrate(&self, volume: &str, nsid: u32, source: &str) -> std::process::Output {
+        self.connect_with(volume, nsid, &["--migration-source", source])
+            .await
+    }
+
+    async fn connect_with(&self, volume: &str, nsid: u32, extra: &[&str]) -> std::process::Output {
         let nsid = nsid.to_string();
-        ctl(
-            &self.bus.address,
-            &[
-                "connect",
-                volume,
-                "--nqn",
-                NQN,
-                "--traddr",
-                "127.0.0.1",
-                "--nsid",
-                &nsid,
-                "--migration-source",
-                source,
-                "--json",
-            ],
-        )
-        .await
+        let mut args = vec![
+            "connect",
+            volume,
+            "--nqn",
+            NQN,
+            "--traddr",
+            "127.0.0.1",
+            "--nsid",
+            &nsid,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        ctl(&self.bus.address, &args).await
     }
 
     pub async fn show(&self, volume: &str) -> String {

@@ -19,6 +19,25 @@ use volfence::fence::lease::{ApiError, LeaseApi, LeaseRecord};
 use volfence::fence::observer::{Observer, Verdict};
 use volfence::fence::takeover::{ClaimApi, ClaimRead};
 
+/// xorshift64*: small, seeded, reproducible draws for the simulations' schedules.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn draw(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.draw() % n
+    }
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
 /// Network conditions of one client; change them at any time.
 #[derive(Debug, Clone, Default)]
 pub struct Net {
