@@ -89,7 +89,7 @@ async fn trial(mut seed: u64) -> (Duration, Duration) {
         let Ok(guard) = fences[1].guard() else {
             continue;
         };
-        match take_over(&y_api, &guard, "vol-x", "x", "y").await {
+        match take_over(&y_api, &guard, "vol-x", &["x"], "y").await {
             Ok(Takeover::Taken(_)) => {}
             _ => continue,
         }

@@ -159,7 +159,7 @@ fn start_agent(
                 // Move every role the victim owns, by the product's takeover protocol.
                 for k in 0..HOSTS {
                     let rl = role(k);
-                    let g = match take_over(&a, &guard, &rl, &victim, &node(i)).await {
+                    let g = match take_over(&a, &guard, &rl, &[&victim], &node(i)).await {
                         Ok(Takeover::Taken(g)) => g,
                         _ => continue,
                     };

@@ -240,6 +240,18 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
             .min(self.migration_timeout)
     }
 
+    /// `cur` with this holding as its migration's destination until `deadline`.
+    fn joining(&self, guard: &FenceGuard, cur: &Claim, deadline: &str) -> Claim {
+        Claim {
+            migration: Some(Migration {
+                holder: self.me.identity(),
+                epoch: guard.epoch(),
+                deadline: deadline.to_string(),
+            }),
+            ..cur.clone()
+        }
+    }
+
     fn migration_refused(volume_id: &str, reason: String) -> ClaimError {
         ClaimError::Migration {
             volume: volume_id.to_string(),
@@ -274,14 +286,6 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
     ) -> Result<Acquired, ClaimError> {
         let api = Self::api(volume_id);
         let me = self.me.node.as_str();
-        if migration_source == Some(me) {
-            return Err(Self::migration_refused(
-                volume_id,
-                format!(
-                    "migration_source names this node ({me}): a migration is between two nodes"
-                ),
-            ));
-        }
         let mut waited_since: Option<tokio::time::Instant> = None;
         for _ in 0..MAX_ROUNDS {
             guard.refresh()?;
@@ -335,15 +339,11 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                         let window = self.window_left(m);
                         return Ok(Acquired::Joined { claim: cur, window });
                     }
-                    let next = Claim {
-                        migration: Some(Migration {
-                            holder: self.me.identity(),
-                            epoch: guard.epoch(),
-                            deadline: m.deadline.clone(),
-                        }),
-                        ..cur.clone()
-                    };
-                    match self.store.replace(&next).await {
+                    match self
+                        .store
+                        .replace(&self.joining(guard, &cur, &m.deadline))
+                        .await
+                    {
                         Ok(c) => {
                             let window = self.window_left(m);
                             return Ok(Acquired::Joined { claim: c, window });
@@ -380,15 +380,12 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     }
                     if !cur.releasing {
                         let now = std::time::SystemTime::now();
-                        let next = Claim {
-                            migration: Some(Migration {
-                                holder: self.me.identity(),
-                                epoch: guard.epoch(),
-                                deadline: crate::time::rfc3339(now + self.migration_timeout, false),
-                            }),
-                            ..cur.clone()
-                        };
-                        match self.store.replace(&next).await {
+                        let deadline = crate::time::rfc3339(now + self.migration_timeout, false);
+                        match self
+                            .store
+                            .replace(&self.joining(guard, &cur, &deadline))
+                            .await
+                        {
                             Ok(c) => {
                                 return Ok(Acquired::Joined {
                                     claim: c,
@@ -426,10 +423,12 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                 store: &self.store,
                 leases: &self.leases,
                 next: self.ours(guard, volume_id, Some(&cur)),
-                also_silent: other_destination,
                 based_on: cur.version.clone(),
             };
-            match takeover::take_over(&attempt, guard, &cur.name, cur.node(), me)
+            let victims: Vec<&str> = std::iter::once(cur.node())
+                .chain(other_destination.as_deref())
+                .collect();
+            match takeover::take_over(&attempt, guard, &cur.name, &victims, me)
                 .await
                 .map_err(&api)?
             {
@@ -648,9 +647,6 @@ struct Attempt<'a, S, L> {
     store: &'a S,
     leases: &'a L,
     next: Claim,
-    /// A migration's destination that must be silent too: confirmed after the claim was read,
-    /// like the holder, before the swap.
-    also_silent: Option<String>,
     /// The version this decision was made on: a claim that changed since (a migration joined,
     /// say) is decided again, not swapped.
     based_on: String,
@@ -720,16 +716,6 @@ impl<S: ClaimStore, L: LeaseApi> ClaimApi for Attempt<'_, S, L> {
         version: &str,
         _new_holder: &str,
     ) -> Result<(), ApiError> {
-        if let Some(d) = &self.also_silent {
-            let seen = self.leases.cached(d);
-            let now = self.leases.read(d).await?;
-            let silent = matches!((&seen, &now), (Some(a), Some(b)) if a.resource_version == b.resource_version)
-                && matches!(self.leases.verdict(d), Verdict::Expired { .. });
-            if !silent {
-                // Not a takeover on this sighting: the caller re-reads and re-decides.
-                return Err(ApiError::Conflict);
-            }
-        }
         let next = Claim {
             version: version.to_string(),
             ..self.next.clone()

@@ -251,13 +251,7 @@ async fn emit_claim(
         ("ClaimEpoch", c.epoch.into()),
         ("Migration", c.migration.as_str().into()),
     ]);
-    zbus::fdo::Properties::properties_changed(
-        iface.signal_emitter(),
-        zbus::names::InterfaceName::from_static_str_unchecked(VOLUME_INTERFACE),
-        changed,
-        std::borrow::Cow::Borrowed(&[]),
-    )
-    .await
+    properties_changed(iface, changed).await
 }
 
 /// One `PropertiesChanged` with every property that differs, so a watcher sees a change (a
@@ -296,6 +290,13 @@ async fn emit_changes(
     if changed.is_empty() {
         return Ok(());
     }
+    properties_changed(iface, changed).await
+}
+
+async fn properties_changed(
+    iface: &InterfaceRef<super::ReadOnlyProps<VolumeObject>>,
+    changed: HashMap<&str, Variant<'_>>,
+) -> zbus::Result<()> {
     zbus::fdo::Properties::properties_changed(
         iface.signal_emitter(),
         zbus::names::InterfaceName::from_static_str_unchecked(VOLUME_INTERFACE),

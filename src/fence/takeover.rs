@@ -56,34 +56,42 @@ pub enum Takeover {
     Fenced(FenceError),
 }
 
-/// One attempt to move `claim` from `victim` (a host lease name) to `new_holder`.
+/// One attempt to move `claim` from its holders to `new_holder`. `victims` are their host lease
+/// names: the claim's holder first, then any host that shares it (a live migration's
+/// destination); every one must be silent.
 pub async fn take_over<A: ClaimApi>(
     api: &A,
     guard: &FenceGuard,
     claim: &str,
-    victim: &str,
+    victims: &[&str],
     new_holder: &str,
 ) -> Result<Takeover, ApiError> {
     // A guard of this holding, renewed since it was handed to us.
     if let Err(e) = guard.refresh() {
         return Ok(Takeover::Fenced(e));
     }
-    if !matches!(api.verdict(victim), Verdict::Expired { .. }) {
+    let expired = |v: &&str| matches!(api.verdict(v), Verdict::Expired { .. });
+    let Some(holder) = victims.first() else {
+        return Ok(Takeover::NotVictims);
+    };
+    if !victims.iter().all(expired) {
         return Ok(Takeover::HolderAlive);
     }
     let version = match api.read_claim(claim).await? {
-        Some(c) if c.holder == victim => c.version,
+        Some(c) if c.holder == *holder => c.version,
         _ => return Ok(Takeover::NotVictims),
     };
     // The silence must still hold after the claim was read.
-    let Some(seen) = api.cached(victim) else {
-        return Ok(Takeover::HolderSpoke);
-    };
-    match api.read(victim).await? {
-        Some(now) if now.resource_version == seen.resource_version => {}
-        _ => return Ok(Takeover::HolderSpoke),
+    for v in victims {
+        let Some(seen) = api.cached(v) else {
+            return Ok(Takeover::HolderSpoke);
+        };
+        match api.read(v).await? {
+            Some(now) if now.resource_version == seen.resource_version => {}
+            _ => return Ok(Takeover::HolderSpoke),
+        }
     }
-    if !matches!(api.verdict(victim), Verdict::Expired { .. }) {
+    if !victims.iter().all(expired) {
         return Ok(Takeover::HolderAlive);
     }
     match api.swap_claim(claim, &version, new_holder).await {

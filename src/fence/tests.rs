@@ -490,7 +490,7 @@ async fn take_over_moves_the_claim_only_from_a_silent_holder_with_our_holding() 
     let attempt = |s: ClaimServer| {
         let g = &guard;
         async move {
-            let out = take_over(&s, g, "vol-a", "x", "n1").await.unwrap();
+            let out = take_over(&s, g, "vol-a", &["x"], "n1").await.unwrap();
             (out, s.inner.lock().unwrap().clone())
         }
     };
