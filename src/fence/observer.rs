@@ -37,7 +37,8 @@ pub enum Verdict {
     },
 }
 
-/// Tracks leases by name. Fed from the one shared watch; never polls.
+/// Tracks leases by name. Fed from the agent's watch of its own lease and from consistent reads
+/// (sightings) of other hosts' leases; never polls.
 #[derive(Debug, Clone)]
 pub struct Observer {
     lease_duration: Duration,
