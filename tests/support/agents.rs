@@ -127,7 +127,19 @@ pub struct Agent {
     pub kernel: FakeKernel,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
-    _root: tempfile::TempDir,
+    host: Host,
+    settings: Settings,
+    root: tempfile::TempDir,
+}
+
+/// What a crashed agent leaves behind: its root (records, lease record), its kernel (devices)
+/// and its bus; [`Parked::restart`] starts an agent on them again.
+pub struct Parked {
+    pub bus: PrivateBus,
+    pub kernel: FakeKernel,
+    pub host: Host,
+    settings: Settings,
+    root: tempfile::TempDir,
 }
 
 impl Agent {
@@ -164,46 +176,43 @@ impl Agent {
         // Below the configurable minimum (30 s), so the deadline is seen in seconds.
         s.claims.migration_timeout = Duration::from_secs(5);
         tweak(&mut s);
-        let uevents = volfence::nvme::kernel::event_channel();
-        let kernel = FakeKernel::new(host.clone(), uevents.clone(), true);
+        let kernel = FakeKernel::new(host.clone(), volfence::nvme::kernel::event_channel(), true);
         kernel.add_target(
             NQN,
             &[("127.0.0.1".parse().unwrap(), 4420)],
-            (1..=4)
+            (1..=6)
                 .map(|n| FakeKernel::namespace(NQN, n, 16 << 20))
                 .collect(),
         );
-        let parts = Parts {
-            fabrics: Arc::new(kernel.clone()),
-            uevents,
-            udev_monitor: false,
-            lvm: Arc::new(FakeLvm::new(host.clone())),
-            mounter: Arc::new(FakeMounter::new(host.clone())),
-        };
-        let opts = daemon::Options {
-            settings: s,
-            host,
-            config_files: vec![],
-            log: Level::new("info"),
-        };
-        let stop = CancellationToken::new();
-        let st = stop.clone();
-        let task = tokio::spawn(async move {
-            daemon::run_with(opts, parts, async move {
-                st.cancelled().await;
-                "test stop"
-            })
-            .await
-        });
-        let a = Agent {
+        let a = Parked {
             bus,
             kernel,
-            stop,
-            task,
-            _root: root,
-        };
+            host,
+            settings: s,
+            root,
+        }
+        .launch();
         a.until_state("held").await;
         a
+    }
+
+    /// Ends the agent as a crash would: its tasks are dropped mid-step, nothing is cleaned up;
+    /// the root and the kernel keep what it had made.
+    pub async fn crash(self) -> Parked {
+        self.task.abort();
+        let _ = self.task.await;
+        Parked {
+            bus: self.bus,
+            kernel: self.kernel,
+            host: self.host,
+            settings: self.settings,
+            root: self.root,
+        }
+    }
+
+    /// The agent's root directory on this machine.
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
     }
 
     pub async fn until_state(&self, want: &str) -> serde_json::Value {
@@ -268,5 +277,46 @@ impl Agent {
             .expect("the agent stops")
             .unwrap();
         r.unwrap();
+    }
+}
+
+impl Parked {
+    /// Starts an agent on what the last one left; returns at once (before READY=1).
+    pub fn restart(self) -> Agent {
+        self.launch()
+    }
+
+    fn launch(self) -> Agent {
+        let parts = Parts {
+            fabrics: Arc::new(self.kernel.clone()),
+            uevents: self.kernel.events(),
+            udev_monitor: false,
+            lvm: Arc::new(FakeLvm::new(self.host.clone())),
+            mounter: Arc::new(FakeMounter::new(self.host.clone())),
+        };
+        let opts = daemon::Options {
+            settings: self.settings.clone(),
+            host: self.host.clone(),
+            config_files: vec![],
+            log: Level::new("info"),
+        };
+        let stop = CancellationToken::new();
+        let st = stop.clone();
+        let task = tokio::spawn(async move {
+            daemon::run_with(opts, parts, async move {
+                st.cancelled().await;
+                "test stop"
+            })
+            .await
+        });
+        Agent {
+            bus: self.bus,
+            kernel: self.kernel,
+            stop,
+            task,
+            host: self.host,
+            settings: self.settings,
+            root: self.root,
+        }
     }
 }

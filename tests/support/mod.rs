@@ -58,6 +58,8 @@ impl PrivateBus {
             .arg(format!("--config-file={}", conf.display()))
             .arg("--nofork")
             .arg("--nopidfile")
+            // Built with systemd support it says READY=1 too: the notify socket is the agent's.
+            .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -186,6 +186,12 @@ impl FakeKernel {
         }
     }
 
+    /// The uevent channel this kernel announces devices on: a restarted agent subscribes to the
+    /// same one, as it opens udev's socket again.
+    pub fn events(&self) -> broadcast::Sender<Uevent> {
+        self.inner.events.clone()
+    }
+
     /// Successful connects so far (a test's "no duplicate" check).
     pub fn connects(&self) -> u64 {
         self.inner.state.lock().unwrap().connects
