@@ -163,7 +163,8 @@ pub enum Recheck {
 /// How many times a decision is re-made after a 409 before the caller is told: each 409 is
 /// progress by someone else, so this bounds a pathological race, not ordinary contention.
 const MAX_ROUNDS: usize = 64;
-/// How often a releasing claim is read again while waiting for the handoff.
+/// How often a claim (and its holder's lease) is read again while waiting: for a releasing
+/// claim's handoff, or for the verdict on a holder that missed a renew.
 const HANDOFF_POLL: Duration = Duration::from_millis(200);
 
 /// The claims of one host: its store, the host-lease view the takeover decides by, and who it
@@ -287,7 +288,9 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
         let api = Self::api(volume_id);
         let me = self.me.node.as_str();
         let mut waited_since: Option<tokio::time::Instant> = None;
-        for _ in 0..MAX_ROUNDS {
+        let mut rounds = 0;
+        while rounds < MAX_ROUNDS {
+            rounds += 1;
             guard.refresh()?;
             let Some(cur) = self.store.read(volume_id).await? else {
                 match self.store.create(&self.ours(guard, volume_id, None)).await {
@@ -404,6 +407,18 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     ));
                 }
                 if !cur.releasing {
+                    // A holder that missed a renew renews soon (a conflict) or counts as
+                    // expired within D/2 + grace (a takeover): the verdict is read again
+                    // instead of refusing now, so a volume moves when the rule allows, not at
+                    // the caller's next retry (kubelet's back off doubles up to 2 minutes).
+                    if matches!(
+                        self.leases.verdict(cur.node()),
+                        Verdict::Live { overdue: true, .. }
+                    ) {
+                        rounds -= 1; // waiting is not a decision lost to someone else
+                        tokio::time::sleep(HANDOFF_POLL).await;
+                        continue;
+                    }
                     return Err(Self::conflict(&cur));
                 }
                 // An ordinary drain-and-move: the holder's Disconnect will delete it.
@@ -416,6 +431,7 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                 if since.elapsed() >= self.handoff_wait {
                     return Err(Self::conflict(&cur));
                 }
+                rounds -= 1;
                 tokio::time::sleep(HANDOFF_POLL).await;
                 continue;
             }

@@ -29,6 +29,9 @@ pub enum Verdict {
         holder: Option<String>,
         age: Duration,
         changes: u32,
+        /// No change for D/2 or more: a live holder renews at least twice per D
+        /// (2 × R + M ≤ D), so this one has missed a renew — it renews soon, or expires.
+        overdue: bool,
     },
     /// No change for D + grace: the holder has fenced itself (or is gone).
     Expired {
@@ -105,6 +108,7 @@ impl Observer {
                 holder: s.holder.clone(),
                 age,
                 changes: s.changes,
+                overdue: age >= self.lease_duration / 2,
             }
         }
     }
@@ -151,9 +155,14 @@ mod tests {
             Verdict::Live {
                 holder: Some("a/boot".into()),
                 age: Duration::from_secs(1),
-                changes: 1
+                changes: 1,
+                overdue: false,
             }
         );
+        assert!(matches!(
+            o.verdict("a", t0 + Duration::from_secs(17)),
+            Verdict::Live { overdue: true, .. }
+        ));
         assert_eq!(o.expires_at("a"), Some(t0 + Duration::from_secs(23)));
         o.forget("a");
         assert_eq!(o.verdict("a", t0), Verdict::Unknown);
