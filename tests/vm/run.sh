@@ -17,7 +17,10 @@
 #   5. exit 0 only if vng exited 0 AND the guest printed "N passed, 0 failed" with N > 0;
 #   6. the auth boot: Debian 12's 6.12 kernel (NVMe in-band authentication, which its 6.1
 #      lacks) runs cases 10-base, 20-agent and 45-nvme-auth; its counts add to the main boot's;
-#   7. the watchdog-reset boot (judged from the outside).
+#   7. the two-host boot: the baseline kernel with nvme_core.multipath=N (each initiator its own
+#      block device) runs cases 10-base, 20-agent and 60-claims (two agents, one volume); its
+#      counts add too, and its failover figures are printed;
+#   8. the watchdog-reset boot (judged from the outside).
 # The last line printed is always "N passed, N failed" (CI parses it).
 #
 # Environment knobs:
@@ -27,7 +30,8 @@
 #   VOLFENCE_CONNECT_BENCH  the connect benchmark (default: built by `cargo bench --bench nvme_connect --no-run`)
 #   NVME_BENCH_ROUNDS       rounds of the connect benchmark (default in cases/40-nvme.sh)
 #   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot;
-#                           VM_AUTH_TEST=0 skip the auth boot
+#                           VM_AUTH_TEST=0 skip the auth boot; VM_CLAIMS_TEST=0 skip the two-host boot
+#   FAILOVER_TRIALS (5)     failover trials in the two-host boot (after its first takeover)
 #   AUTH_KERNEL_PKG         the auth boot's kernel (default: what linux-image-6.12-amd64 depends on)
 #   VM_CASES="10-base 20-agent 40-nvme"  run only these cases in the main boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
@@ -208,7 +212,8 @@ guest_cmd() {
         VM_CASES "$cases" "$@"
     printf '%q %q' "$HERE/guest.sh" "$out"
 }
-GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}")
+# 60-claims needs nvme_core.multipath=N: the two-host boot runs it.
+GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}" VM_SKIP 60-claims)
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
 echo "[host] ${VNG[*]}"
@@ -281,7 +286,34 @@ if [ "${VM_AUTH_TEST:-1}" = 1 ]; then
     summary="$((np + ap)) passed, $((nf + af)) failed"
 fi
 
-# ------------------------------------------------------------------ 7. third boot: watchdog reset
+# ------------------------------------------------------------------ 7. two-host boot
+# Two agents on one real nvmet namespace: with native multipath both initiators' paths would
+# join one head device; nvme_core.multipath=N gives each its own, as two hosts have.
+claims_boot() {
+    local out=$OUT/claims rc s
+    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
+    truncate -s 2G "$DISK" || return 1
+    timeout -k 20 "$VM_TIMEOUT" vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
+        --append nvme_core.multipath=N --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
+        --exec "$(guest_cmd "$out" "10-base 20-agent 60-claims" FAILOVER_TRIALS "${FAILOVER_TRIALS:-5}")" \
+        < /dev/null > "$out/console.log" 2>&1
+    rc=$?
+    rm -f "$DISK"
+    phase "vm (two-host boot)"
+    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] two-host boot: /'
+    grep -h '^failover: ' "$out/guest-detail.log" 2>/dev/null | sed 's/^/[host] two-host boot: /'
+    s=$(boot_summary "$out/console.log" "$rc")
+    echo "[host] two-host boot ($KIMG, nvme_core.multipath=N): vng exit code $rc; $s (details: $out/guest-detail.log)"
+    CLAIMS_SUMMARY=$s
+}
+if [ "${VM_CLAIMS_TEST:-1}" = 1 ]; then
+    claims_boot
+    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
+    read -r cp cf < <(awk '{print $1, $3}' <<< "${CLAIMS_SUMMARY:-0 passed, 1 failed}")
+    summary="$((np + cp)) passed, $((nf + cf)) failed"
+fi
+
+# ------------------------------------------------------------------ 8. last boot: watchdog reset
 # A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs
 # qemu with -no-reboot, so the reset ends the VM; judged here from the outside.
 reset_check() {
