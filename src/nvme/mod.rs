@@ -5,5 +5,6 @@ pub mod identity;
 pub mod kernel;
 pub mod nqn;
 pub mod options;
+pub mod resv;
 pub mod sysfs;
 pub mod volumes;
