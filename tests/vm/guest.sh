@@ -8,6 +8,7 @@
 # Usage (inside the guest): guest.sh OUTDIR
 #   OUTDIR : shared read-write with the host (vng --rwdir); logs go there
 # Environment (set by run.sh): VOLFENCED VOLFENCECTL VOLFENCE_DEB VOLFENCE_NVME_TESTS VOLFENCE_CONNECT_BENCH
+#   VOLFENCE_RESV_TESTS
 #   (artifacts under test), NVME_BENCH_ROUNDS,
 #   VOLFENCE_SRC (repository root: policy and unit sources), STEP_TIMEOUT, TRACE.
 #
@@ -21,7 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${1:-/run/vmtest-out}
 W=/run/vmtest
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
-: "${VOLFENCED:?} ${VOLFENCECTL:?} ${VOLFENCE_DEB:?} ${VOLFENCE_SRC:?} ${VOLFENCE_EMULATOR:?} ${VOLFENCE_NVME_TESTS:?} ${VOLFENCE_CONNECT_BENCH:?}"
+: "${VOLFENCED:?} ${VOLFENCECTL:?} ${VOLFENCE_DEB:?} ${VOLFENCE_SRC:?} ${VOLFENCE_EMULATOR:?} ${VOLFENCE_NVME_TESTS:?} ${VOLFENCE_CONNECT_BENCH:?} ${VOLFENCE_RESV_TESTS:?}"
 export LVM_SUPPRESS_FD_WARNINGS=1   # virtme's virtio-serial fds are inherited by lvm commands
 mkdir -p "$OUT" "$W"
 

@@ -169,7 +169,8 @@ start_journald() {
 # ---------------------------------------------------------------- NVMe
 NVMET=/sys/kernel/config/nvmet
 # target_add NQN PORT NSIDS... : nvmet subsystem NQN, open to any host, exported on 127.0.0.1
-# PORT with file-backed namespaces $W/nvmet/PORT-NSID.img (buffered_io: no O_DIRECT on tmpfs)
+# PORT with file-backed namespaces $W/nvmet/PORT-NSID.img (buffered_io: no O_DIRECT on tmpfs);
+# TARGET_RESV=1 enables reservations on them
 target_add() {
     local nqn=$1 port=$2 n; shift 2
     local s=$NVMET/subsystems/$nqn p=$NVMET/ports/$port
@@ -177,7 +178,10 @@ target_add() {
     for n in "$@"; do
         truncate -s 64M "$W/nvmet/$port-$n.img"
         mkdir "$s/namespaces/$n" && echo -n "$W/nvmet/$port-$n.img" > "$s/namespaces/$n/device_path" \
-            && echo 1 > "$s/namespaces/$n/buffered_io" && echo 1 > "$s/namespaces/$n/enable" || return 1
+            && echo 1 > "$s/namespaces/$n/buffered_io" || return 1
+        # TARGET_RESV=1: reservations (Linux >= 6.13), which must be enabled before the namespace
+        if [ "${TARGET_RESV:-0}" = 1 ]; then echo 1 > "$s/namespaces/$n/resv_enable" || return 1; fi
+        echo 1 > "$s/namespaces/$n/enable" || return 1
     done
     if [ ! -d "$p" ]; then
         mkdir "$p" && echo tcp > "$p/addr_trtype" && echo ipv4 > "$p/addr_adrfam" \

@@ -20,7 +20,11 @@
 #   7. the two-host boot: the baseline kernel with nvme_core.multipath=N (each initiator its own
 #      block device) runs cases 10-base, 20-agent and 60-claims (two agents, one volume); its
 #      counts add too, and its failover figures are printed;
-#   8. the watchdog-reset boot (judged from the outside).
+#   8. the reservations boot: a kernel whose nvmet has NVMe reservations (Linux >= 6.13: the
+#      newest linux-binary-*+deb13-amd64 of Debian trixie-backports, fetched through a private
+#      apt configuration under $VMTEST_WORK, never the machine's sources) with
+#      nvme_core.multipath=N runs cases 10-base and 70-reservations;
+#   9. the watchdog-reset boot (judged from the outside).
 # The last line printed is always "N passed, N failed" (CI parses it).
 #
 # Environment knobs:
@@ -32,6 +36,8 @@
 #   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot;
 #                           VM_AUTH_TEST=0 skip the auth boot; VM_CLAIMS_TEST=0 skip the two-host boot
 #   FAILOVER_TRIALS (5)     failover trials in the two-host boot (after its first takeover)
+#   VM_RESV_TEST=0          skip the reservations boot; RESV_KERNEL_PKG pins its linux-binary-* package
+#   VOLFENCE_RESV_TESTS     the reservation test body (default: built by `cargo test --test nvme_resv --no-run`)
 #   AUTH_KERNEL_PKG         the auth boot's kernel (default: what linux-image-6.12-amd64 depends on)
 #   VM_CASES="10-base 20-agent 40-nvme"  run only these cases in the main boot
 #   VOLFENCE_DEB            package under test (default target/debian/volfence_0.1.0-1_amd64.deb)
@@ -70,6 +76,7 @@ for l in sys.stdin:
 }
 [ -n "${VOLFENCE_NVME_TESTS:-}" ] || VOLFENCE_NVME_TESTS=$(cargo_executable nvme test --test nvme --no-run)
 [ -n "${VOLFENCE_CONNECT_BENCH:-}" ] || VOLFENCE_CONNECT_BENCH=$(cargo_executable nvme_connect bench --bench nvme_connect --no-run)
+[ -n "${VOLFENCE_RESV_TESTS:-}" ] || VOLFENCE_RESV_TESTS=$(cargo_executable nvme_resv test --test nvme_resv --no-run)
 VOLFENCE_DEB=${VOLFENCE_DEB:-$REPO/target/debian/volfence_0.1.0-1_amd64.deb}
 
 T_ALL=$EPOCHREALTIME
@@ -173,12 +180,49 @@ if [ "${VM_AUTH_TEST:-1}" = 1 ]; then
         echo "[host] FAIL auth boot: no kernel: $(grep -v '^[0-9]* passed' "$OUT/auth-kernel.log" | tail -2 | tr '\n' ' ')"
     fi
 fi
+# The reservations boot's kernel, from trixie-backports through apt options that name a sources
+# list and lists directory of our own: the machine's sources and lists stay as they are.
+RESV_KIMG=
+fetch_resv_kernel() {
+    local apt=$WORK/apt-trixie-backports pkg ver root
+    local A=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+             -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache")
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" || return 1
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main" \
+        > "$apt/sources.list"
+    pkg=${RESV_KERNEL_PKG:-}
+    if [ -z "$pkg" ]; then
+        apt-get "${A[@]}" update -qq || return 1
+        pkg=$(apt-cache "${A[@]}" pkgnames linux-binary- | grep -E '^linux-binary-[0-9.]+\+deb13-amd64$' | sort -V | tail -1)
+        [ -n "$pkg" ] || { echo "no linux-binary-*+deb13-amd64 in trixie-backports"; return 1; }
+    fi
+    ver=${pkg#linux-binary-}
+    root=$WORK/kernel/$ver
+    RESV_KIMG=$root/boot/vmlinuz-$ver
+    [ -s "$RESV_KIMG" ] && [ -s "$root/lib/modules/$ver/modules.dep" ] && return 0
+    [ -n "${RESV_KERNEL_PKG:-}" ] && { apt-get "${A[@]}" update -qq || return 1; }
+    rm -rf "$apt/deb" "$root"; mkdir -p "$apt/deb" "$root/boot"
+    (cd "$apt/deb" && apt-get "${A[@]}" download "$pkg" "linux-modules-$ver") || return 1
+    for d in "$apt"/deb/*.deb; do dpkg-deb -x "$d" "$root" || return 1; done
+    rm -rf "$apt/deb"
+    # The image sits beside its modules in these packages; virtme-ng finds modules under lib/.
+    cp "$root/usr/lib/modules/$ver/vmlinuz" "$RESV_KIMG" && ln -sfn usr/lib "$root/lib" \
+        && depmod -b "$root" "$ver" 2>/dev/null
+}
+if [ "${VM_RESV_TEST:-1}" = 1 ]; then
+    if fetch_resv_kernel > "$OUT/resv-kernel.log" 2>&1 && [ -s "$RESV_KIMG" ]; then
+        echo "[host] reservations boot kernel: $RESV_KIMG"
+    else
+        RESV_KIMG=
+        echo "[host] FAIL reservations boot: no kernel: $(tail -2 "$OUT/resv-kernel.log" | tr '\n' ' ')"
+    fi
+fi
 phase kernel
 
 # ------------------------------------------------------------------ 3. artifacts under test
 check_artifacts() {
     local f
-    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS" "$VOLFENCE_CONNECT_BENCH"; do
+    for f in "$VOLFENCED" "$VOLFENCECTL" "$VOLFENCE_EMULATOR" "$VOLFENCE_NVME_TESTS" "$VOLFENCE_CONNECT_BENCH" "$VOLFENCE_RESV_TESTS"; do
         [ -x "$f" ] || die "$f is missing or not executable (cargo build --release --workspace --bins, or set VOLFENCED/VOLFENCECTL)"
     done
     [ -s "$VOLFENCE_DEB" ] || die "$VOLFENCE_DEB is missing (cargo deb, or set VOLFENCE_DEB)"
@@ -187,6 +231,7 @@ check_artifacts() {
     VOLFENCE_EMULATOR=$(readlink -f "$VOLFENCE_EMULATOR")
     VOLFENCE_NVME_TESTS=$(readlink -f "$VOLFENCE_NVME_TESTS")
     VOLFENCE_CONNECT_BENCH=$(readlink -f "$VOLFENCE_CONNECT_BENCH")
+    VOLFENCE_RESV_TESTS=$(readlink -f "$VOLFENCE_RESV_TESTS")
     VOLFENCE_DEB=$(readlink -f "$VOLFENCE_DEB")
     echo "[host] under test: $VOLFENCED ($("$VOLFENCED" --version 2>&1)), $VOLFENCECTL, $VOLFENCE_DEB"
 }
@@ -208,12 +253,14 @@ guest_cmd() {
     printf '%q=%q ' VOLFENCED "$VOLFENCED" VOLFENCECTL "$VOLFENCECTL" VOLFENCE_DEB "$VOLFENCE_DEB" \
         VOLFENCE_EMULATOR "$VOLFENCE_EMULATOR" VOLFENCE_NVME_TESTS "$VOLFENCE_NVME_TESTS" \
         VOLFENCE_CONNECT_BENCH "$VOLFENCE_CONNECT_BENCH" NVME_BENCH_ROUNDS "${NVME_BENCH_ROUNDS:-}" \
+        VOLFENCE_RESV_TESTS "$VOLFENCE_RESV_TESTS" \
         VOLFENCE_SRC "${VOLFENCE_SRC:-$REPO}" STEP_TIMEOUT "${STEP_TIMEOUT:-150}" TRACE "${TRACE:-}" \
         VM_CASES "$cases" "$@"
     printf '%q %q' "$HERE/guest.sh" "$out"
 }
-# 60-claims needs nvme_core.multipath=N: the two-host boot runs it.
-GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}" VM_SKIP 60-claims)
+# 60-claims and 70-reservations need nvme_core.multipath=N (and 70 a newer kernel): their
+# boots run them.
+GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}" VM_SKIP "60-claims 70-reservations")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
 echo "[host] ${VNG[*]}"
@@ -313,7 +360,31 @@ if [ "${VM_CLAIMS_TEST:-1}" = 1 ]; then
     summary="$((np + cp)) passed, $((nf + cf)) failed"
 fi
 
-# ------------------------------------------------------------------ 8. last boot: watchdog reset
+# ------------------------------------------------------------------ 8. reservations boot
+resv_boot() {
+    local out=$OUT/resv rc s
+    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
+    truncate -s 2G "$DISK" || return 1
+    timeout -k 20 "$VM_TIMEOUT" vng -r "$RESV_KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
+        --append nvme_core.multipath=N --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
+        --exec "$(guest_cmd "$out" "10-base 70-reservations")" \
+        < /dev/null > "$out/console.log" 2>&1
+    rc=$?
+    rm -f "$DISK"
+    phase "vm (reservations boot)"
+    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] reservations boot: /'
+    s=$(boot_summary "$out/console.log" "$rc")
+    echo "[host] reservations boot ($RESV_KIMG, nvme_core.multipath=N): vng exit code $rc; $s (details: $out/guest-detail.log)"
+    RESV_SUMMARY=$s
+}
+if [ "${VM_RESV_TEST:-1}" = 1 ]; then
+    [ -n "$RESV_KIMG" ] && resv_boot
+    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
+    read -r rp rf < <(awk '{print $1, $3}' <<< "${RESV_SUMMARY:-0 passed, 1 failed}")
+    summary="$((np + rp)) passed, $((nf + rf)) failed"
+fi
+
+# ------------------------------------------------------------------ 9. last boot: watchdog reset
 # A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs
 # qemu with -no-reboot, so the reset ends the VM; judged here from the outside.
 reset_check() {
