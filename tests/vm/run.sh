@@ -306,83 +306,43 @@ boot_summary() {
     echo "$s"
 }
 
-# ------------------------------------------------------------------ 6. auth boot
+# ------------------------------------------------------------------ 6.-8. the other boots
+# extra_boot LABEL DIR KIMG APPEND CASES [NAME VALUE]... : one more boot of kernel KIMG (with
+# kernel arguments APPEND) running CASES; its logs under $OUT/DIR, its summary added to $summary.
+# Its checks and a failed check's last lines are printed here: CI shows this output.
+extra_boot() {
+    local label=$1 out=$OUT/$2 kimg=$3 append=$4 cases=$5 rc s np nf bp bf; shift 5
+    local args=(); [ -n "$append" ] && args=(--append "$append")
+    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
+    if [ -z "$kimg" ]; then
+        s="0 passed, 1 failed"   # its kernel could not be fetched (said above)
+    else
+        truncate -s 2G "$DISK" || return 1
+        timeout -k 20 "$VM_TIMEOUT" vng -r "$kimg" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
+            "${args[@]}" --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
+            --exec "$(guest_cmd "$out" "$cases" "$@")" < /dev/null > "$out/console.log" 2>&1
+        rc=$?
+        rm -f "$DISK"
+        phase "vm ($label)"
+        tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed "s/^/[host] $label: /"
+        grep -h '^failover: ' "$out/guest-detail.log" 2>/dev/null | sed "s/^/[host] $label: /"
+        s=$(boot_summary "$out/console.log" "$rc")
+        echo "[host] $label ($kimg${append:+, $append}): vng exit code $rc; $s (details: $out/guest-detail.log)"
+    fi
+    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
+    read -r bp bf < <(awk '{print $1, $3}' <<< "$s")
+    summary="$((np + bp)) passed, $((nf + bf)) failed"
+}
 # NVMe in-band authentication (DH-HMAC-CHAP) needs NVME_HOST_AUTH and NVME_TARGET_AUTH, which
 # Debian's 6.1 lacks: cases/45-nvme-auth.sh runs under its 6.12, after the cases it needs.
-auth_boot() {
-    local out=$OUT/auth rc s
-    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
-    truncate -s 2G "$DISK" || return 1
-    timeout -k 20 "$VM_TIMEOUT" vng -r "$AUTH_KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
-        --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
-        --exec "$(guest_cmd "$out" "10-base 20-agent 45-nvme-auth" VM_REQUIRE_AUTH 1)" \
-        < /dev/null > "$out/console.log" 2>&1
-    rc=$?
-    rm -f "$DISK"
-    phase "vm (auth boot)"
-    # a failed check's last lines too: CI shows this output, not the logs under $out
-    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] auth boot: /'
-    s=$(boot_summary "$out/console.log" "$rc")
-    echo "[host] auth boot ($AUTH_KIMG): vng exit code $rc; $s (details: $out/guest-detail.log)"
-    AUTH_SUMMARY=$s
-}
-if [ "${VM_AUTH_TEST:-1}" = 1 ]; then
-    [ -n "$AUTH_KIMG" ] && auth_boot
-    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
-    read -r ap af < <(awk '{print $1, $3}' <<< "${AUTH_SUMMARY:-0 passed, 1 failed}")
-    summary="$((np + ap)) passed, $((nf + af)) failed"
-fi
-
-# ------------------------------------------------------------------ 7. two-host boot
+[ "${VM_AUTH_TEST:-1}" = 1 ] && extra_boot "auth boot" auth "$AUTH_KIMG" "" "10-base 20-agent 45-nvme-auth" VM_REQUIRE_AUTH 1
 # Two agents on one real nvmet namespace: with native multipath both initiators' paths would
 # join one head device; nvme_core.multipath=N gives each its own, as two hosts have.
-claims_boot() {
-    local out=$OUT/claims rc s
-    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
-    truncate -s 2G "$DISK" || return 1
-    timeout -k 20 "$VM_TIMEOUT" vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
-        --append nvme_core.multipath=N --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
-        --exec "$(guest_cmd "$out" "10-base 20-agent 60-claims" FAILOVER_TRIALS "${FAILOVER_TRIALS:-5}")" \
-        < /dev/null > "$out/console.log" 2>&1
-    rc=$?
-    rm -f "$DISK"
-    phase "vm (two-host boot)"
-    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] two-host boot: /'
-    grep -h '^failover: ' "$out/guest-detail.log" 2>/dev/null | sed 's/^/[host] two-host boot: /'
-    s=$(boot_summary "$out/console.log" "$rc")
-    echo "[host] two-host boot ($KIMG, nvme_core.multipath=N): vng exit code $rc; $s (details: $out/guest-detail.log)"
-    CLAIMS_SUMMARY=$s
-}
-if [ "${VM_CLAIMS_TEST:-1}" = 1 ]; then
-    claims_boot
-    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
-    read -r cp cf < <(awk '{print $1, $3}' <<< "${CLAIMS_SUMMARY:-0 passed, 1 failed}")
-    summary="$((np + cp)) passed, $((nf + cf)) failed"
-fi
-
-# ------------------------------------------------------------------ 8. reservations boot
-resv_boot() {
-    local out=$OUT/resv rc s
-    mkdir -p "$out"; rm -f "$out"/*.log "$out"/*.txt
-    truncate -s 2G "$DISK" || return 1
-    timeout -k 20 "$VM_TIMEOUT" vng -r "$RESV_KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM" \
-        --append nvme_core.multipath=N --rwdir="$out" --qemu-opts="$QEMU_OPTS" \
-        --exec "$(guest_cmd "$out" "10-base 70-reservations")" \
-        < /dev/null > "$out/console.log" 2>&1
-    rc=$?
-    rm -f "$DISK"
-    phase "vm (reservations boot)"
-    tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed 's/^/[host] reservations boot: /'
-    s=$(boot_summary "$out/console.log" "$rc")
-    echo "[host] reservations boot ($RESV_KIMG, nvme_core.multipath=N): vng exit code $rc; $s (details: $out/guest-detail.log)"
-    RESV_SUMMARY=$s
-}
-if [ "${VM_RESV_TEST:-1}" = 1 ]; then
-    [ -n "$RESV_KIMG" ] && resv_boot
-    read -r np nf < <(awk '{print $1, $3}' <<< "$summary")
-    read -r rp rf < <(awk '{print $1, $3}' <<< "${RESV_SUMMARY:-0 passed, 1 failed}")
-    summary="$((np + rp)) passed, $((nf + rf)) failed"
-fi
+[ "${VM_CLAIMS_TEST:-1}" = 1 ] && extra_boot "two-host boot" claims "$KIMG" nvme_core.multipath=N \
+    "10-base 20-agent 60-claims" FAILOVER_TRIALS "${FAILOVER_TRIALS:-5}"
+# NVMe reservations need nvmet from Linux 6.13 on.
+[ "${VM_RESV_TEST:-1}" = 1 ] && extra_boot "reservations boot" resv "$RESV_KIMG" nvme_core.multipath=N \
+    "10-base 70-reservations"
 
 # ------------------------------------------------------------------ 9. last boot: watchdog reset
 # A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs
