@@ -56,7 +56,7 @@ impl KernelReservations {
         }
         // Read-only: the ioctl needs no write access as root, and closing a disk opened for
         // writing makes udev re-probe it (a synthetic change event).
-        let f = std::fs::File::open(self.host.path(format!("/dev/{device}")))?;
+        let f = std::fs::File::open(self.host.path(crate::host::paths::DEV).join(device))?;
         let mut data = cmd.data.clone();
         let mut c = PassthruCmd {
             opcode: cmd.opcode,
