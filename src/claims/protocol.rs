@@ -411,12 +411,16 @@ impl<S: ClaimStore, L: LeaseApi> Claims<S, L> {
                     // expired within D/2 + grace (a takeover): the verdict is read again
                     // instead of refusing now, so a volume moves when the rule allows, not at
                     // the caller's next retry (kubelet's back off doubles up to 2 minutes).
-                    if matches!(
-                        self.leases.verdict(cur.node()),
-                        Verdict::Live { overdue: true, .. }
-                    ) {
+                    if let Verdict::Live {
+                        overdue: true,
+                        expires_in,
+                        ..
+                    } = self.leases.verdict(cur.node())
+                    {
                         rounds -= 1; // waiting is not a decision lost to someone else
-                        tokio::time::sleep(HANDOFF_POLL).await;
+                                     // Read again at the next poll, or right when the rule would allow.
+                        let next = HANDOFF_POLL.min(expires_in + Duration::from_millis(1));
+                        tokio::time::sleep(next).await;
                         continue;
                     }
                     return Err(Self::conflict(&cur));

@@ -32,6 +32,8 @@ pub enum Verdict {
         /// No change for D/2 or more: a live holder renews at least twice per D
         /// (2 × R + M ≤ D), so this one has missed a renew — it renews soon, or expires.
         overdue: bool,
+        /// When it counts as expired if nothing changes: D + grace − age.
+        expires_in: Duration,
     },
     /// No change for D + grace: the holder has fenced itself (or is gone).
     Expired {
@@ -109,6 +111,7 @@ impl Observer {
                 age,
                 changes: s.changes,
                 overdue: age >= self.lease_duration / 2,
+                expires_in: self.lease_duration + self.grace - age,
             }
         }
     }
@@ -157,6 +160,7 @@ mod tests {
                 age: Duration::from_secs(1),
                 changes: 1,
                 overdue: false,
+                expires_in: Duration::from_secs(10),
             }
         );
         assert!(matches!(
