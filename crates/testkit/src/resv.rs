@@ -4,16 +4,13 @@
 //! are decoded here from the specification's layout; `tests/resv_model.rs` replays the
 //! sequence captured from a real target (tests/fixtures/nvme-resv-7.3) and compares bytes.
 //!
-//! Shared by the fake kernels of several hosts: [`FakeReservations::host`] gives one host's
-//! view, which implements the product's reservation seam on that host's block devices.
+//! One model serves every host: each command names the host ID it comes from.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use volfence::fence::FenceGuard;
-use volfence::host::Host;
 use volfence::nvme::resv::codec::{self, Command, Registrant, Report};
-use volfence::nvme::resv::{ReservationCommands, ReservationTeardown, ReservationType, Status};
+use volfence::nvme::resv::{ReservationType, Status};
 
 const DNR: u16 = 0x4000;
 const INVALID_OPCODE: u16 = 0x01 | DNR;
@@ -329,71 +326,5 @@ impl FakeReservations {
             .unwrap()
             .get(&(nqn.to_string(), nsid))
             .map(Namespace::report)
-    }
-
-    /// Host `host_id`'s view through its kernel rooted at `host`: the product's seam.
-    pub fn host(&self, host: Host, host_id: [u8; 16]) -> FakeResvHost {
-        FakeResvHost {
-            target: self.clone(),
-            host,
-            host_id,
-        }
-    }
-}
-
-/// One host's reservation commands: its block devices (found in its fake sysfs, as the real
-/// kernel shows them) lead to the shared target's namespaces.
-pub struct FakeResvHost {
-    target: FakeReservations,
-    host: Host,
-    host_id: [u8; 16],
-}
-
-impl FakeResvHost {
-    fn namespace_of(&self, device: &str) -> std::io::Result<(String, u32)> {
-        volfence::nvme::sysfs::scan(&self.host)
-            .namespaces
-            .iter()
-            .find(|n| n.block == device)
-            .map(|n| (n.subsysnqn.clone(), n.nsid))
-            .ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("/dev/{device}: no such NVMe namespace"),
-                )
-            })
-    }
-
-    fn run(&self, device: &str, nsid: u32, cmd: &Command) -> std::io::Result<(Status, Vec<u8>)> {
-        let (nqn, dev_nsid) = self.namespace_of(device)?;
-        if dev_nsid != nsid {
-            // The passthrough sends the nsid it is given; a wrong one reaches another namespace
-            // or none. The agent always sends the device's own.
-            return Ok((Status(0x0b | DNR), cmd.data.clone())); // Invalid Namespace or Format
-        }
-        Ok(self.target.execute(&self.host_id, &nqn, nsid, cmd))
-    }
-}
-
-impl ReservationCommands for FakeResvHost {
-    fn submit(
-        &self,
-        _guard: &FenceGuard,
-        device: &str,
-        nsid: u32,
-        cmd: &Command,
-    ) -> std::io::Result<Status> {
-        self.run(device, nsid, cmd).map(|(s, _)| s)
-    }
-
-    fn report(&self, device: &str, nsid: u32) -> std::io::Result<(Status, Vec<u8>)> {
-        self.run(device, nsid, &codec::report())
-    }
-}
-
-impl ReservationTeardown for FakeResvHost {
-    fn unregister(&self, device: &str, nsid: u32, key: u64) -> std::io::Result<Status> {
-        let cmd = codec::register(codec::RegisterAction::Unregister, key, 0, false);
-        self.run(device, nsid, &cmd).map(|(s, _)| s)
     }
 }
