@@ -54,6 +54,8 @@ pub struct Metrics {
     pub claim_decisions: Family<OutcomeLabel, Counter>,
     pub claim_handoff_waits: Counter,
     pub claim_migrations: Family<OutcomeLabel, Counter>,
+    pub reservation_ops: Family<OpResult, Counter>,
+    pub reservation_conflicts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,7 +197,21 @@ impl Metrics {
             "Live migrations of volumes by outcome (joined, refused, completed, left, expired)",
             claim_migrations.clone(),
         );
+        let reservation_ops = Family::<OpResult, Counter>::default();
+        registry.register(
+            "reservation_ops",
+            "NVMe reservation commands sent, by op (register, replace, acquire, evict, retype, preempt_abort, unregister, report) and result (ok, conflict, error)",
+            reservation_ops.clone(),
+        );
+        let reservation_conflicts = Counter::default();
+        registry.register(
+            "reservation_conflicts",
+            "Checks that found a volume's reservation held by a key this host does not know while its claim is this host's",
+            reservation_conflicts.clone(),
+        );
         Metrics {
+            reservation_ops,
+            reservation_conflicts,
             claim_decisions,
             claim_handoff_waits,
             claim_migrations,
@@ -221,6 +237,13 @@ impl Metrics {
     pub fn observe_claim(&self, outcome: &'static str) {
         self.claim_decisions
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one reservation command.
+    pub fn observe_reservation(&self, op: &'static str, result: &'static str) {
+        self.reservation_ops
+            .get_or_create(&OpResult { op, result })
             .inc();
     }
 

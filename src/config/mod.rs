@@ -156,6 +156,7 @@ pub struct RawNvme {
     pub fast_io_fail_tmo: Option<i64>,
     pub hdr_digest: Option<bool>,
     pub data_digest: Option<bool>,
+    pub reservations: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -224,6 +225,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "nvme.fast_io_fail_tmo",
     "nvme.hdr_digest",
     "nvme.data_digest",
+    "nvme.reservations",
     "snapshots",
     "snapshots.mount_root",
     "snapshots.executor",
@@ -431,6 +433,8 @@ pub struct NvmeSettings {
     pub fast_io_fail_tmo: Option<i32>,
     pub hdr_digest: bool,
     pub data_digest: bool,
+    /// Whether Connect reserves the namespace at the target (docs/fencing.md).
+    pub reservations: crate::nvme::resv::Mode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1159,6 +1163,15 @@ impl RawConfig {
                 .transpose()?,
             hdr_digest: n.hdr_digest.unwrap_or(false),
             data_digest: n.data_digest.unwrap_or(false),
+            reservations: match n.reservations.as_deref() {
+                None => crate::nvme::resv::Mode::Prefer,
+                Some(m) => crate::nvme::resv::Mode::parse(m).ok_or_else(|| {
+                    c.err(
+                        "nvme.reservations",
+                        format!("expected \"off\", \"prefer\" or \"require\", found {m:?}"),
+                    )
+                })?,
+            },
         };
         if nvme.reconnect_delay == 0 {
             return Err(c.err("nvme.reconnect_delay", "must be at least 1 (seconds)"));

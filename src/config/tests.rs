@@ -518,3 +518,20 @@ fn fuzzed_example_configs_never_panic_and_every_error_has_a_position() {
     }
     assert!(errors > 600 && oks > 100, "errors {errors}, valid {oks}");
 }
+
+#[test]
+fn nvme_reservations_default_prefer_and_name_the_choices() {
+    use crate::nvme::resv::Mode;
+    assert_eq!(settings("").unwrap().nvme.reservations, Mode::Prefer);
+    for (v, m) in [("off", Mode::Off), ("prefer", Mode::Prefer), ("require", Mode::Require)] {
+        let s = settings(&format!("[nvme]\nreservations = \"{v}\"\n")).unwrap();
+        assert_eq!(s.nvme.reservations, m);
+    }
+    let msg = settings("[nvme]\nreservations = \"yes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("test.toml:2:1: `nvme.reservations`: expected \"off\", \"prefer\" or \"require\", found \"yes\""),
+        "{msg}"
+    );
+}

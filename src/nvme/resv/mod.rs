@@ -4,7 +4,10 @@
 //! target refuses the old holder's writes whatever its agent does.
 
 pub mod codec;
+pub mod keeper;
 pub mod passthru;
+pub mod policy;
+pub mod service;
 
 use thiserror::Error;
 
@@ -14,6 +17,91 @@ use crate::fence::FenceGuard;
 pub enum ResvError {
     #[error("reservation report: {what}")]
     Decode { what: String },
+    #[error("volume {volume}: reservation {op} on {device}: {source}")]
+    Io {
+        volume: String,
+        op: &'static str,
+        device: String,
+        source: std::io::Error,
+    },
+    #[error("volume {volume}: the target refused reservation {op}: {status}")]
+    Refused {
+        volume: String,
+        op: &'static str,
+        status: Status,
+    },
+    #[error("volume {volume}: its namespace does not support reservations ({why}), and nvme.reservations = \"require\"")]
+    Unsupported { volume: String, why: String },
+    #[error("volume {volume}: its reservation is held by host ID {holder} (key {key:#018x}), which this host's claim does not know: left as it is")]
+    ForeignHolder {
+        volume: String,
+        holder: String,
+        key: u64,
+    },
+    #[error("volume {volume}: the reservation still did not match after {rounds} rounds of commands (other hosts changing it)")]
+    Unsettled { volume: String, rounds: usize },
+    #[error("volume {volume} has no block device to send reservation commands to")]
+    NoDevice { volume: String },
+    #[error("host ID {hostid:?}: expected a UUID (32 hex digits, dashes allowed)")]
+    HostId { hostid: String },
+}
+
+/// `nvme.reservations`: whether Connect reserves the namespace at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Never: no reservation command is sent.
+    Off,
+    /// Where the namespace supports them; a namespace without is connected and shown so.
+    Prefer,
+    /// A namespace without reservation support is not connected.
+    Require,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "off" => Some(Mode::Off),
+            "prefer" => Some(Mode::Prefer),
+            "require" => Some(Mode::Require),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Prefer => "prefer",
+            Mode::Require => "require",
+        }
+    }
+}
+
+/// The 16 bytes of a host ID as the target compares them (the UUID's bytes in order).
+pub fn host_id_bytes(hostid: &str) -> Result<[u8; 16], ResvError> {
+    let hex: String = hostid.chars().filter(|c| *c != '-').collect();
+    let bad = || ResvError::HostId {
+        hostid: hostid.to_string(),
+    };
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A host ID as people read it (the UUID form).
+pub fn host_id_string(id: &[u8; 16]) -> String {
+    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Reservation types (Reservation Acquire RTYPE).
@@ -103,6 +191,10 @@ pub trait ReservationCommands: Send + Sync {
     /// Reservation Report (extended data structure): reads, changes nothing.
     fn report(&self, device: &str, nsid: u32) -> std::io::Result<(Status, Vec<u8>)>;
 }
+
+/// The kernel seam's reservation side: both halves on one device.
+pub trait ReservationDevice: ReservationCommands + ReservationTeardown {}
+impl<T: ReservationCommands + ReservationTeardown> ReservationDevice for T {}
 
 /// Giving up this host's own registration, which must work without the lease: a fenced host
 /// still disconnects.
