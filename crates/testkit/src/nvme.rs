@@ -25,6 +25,10 @@ use tokio::sync::broadcast;
 use volfence::fence::FenceGuard;
 use volfence::host::Host;
 use volfence::nvme::kernel::{Fabrics, FabricsTeardown, Uevent};
+use volfence::nvme::resv::codec::{self, Command};
+use volfence::nvme::resv::{ReservationCommands, ReservationTeardown, Status};
+
+use crate::resv::FakeReservations;
 use volfence::nvme::sysfs::{parse_kv, BY_ID, CLASS_NVME, CLASS_SUBSYS};
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ struct Inner {
     events: broadcast::Sender<Uevent>,
     state: Mutex<State>,
     held: Condvar,
+    /// The targets' reservations (None: no namespace has `resv_enable`).
+    reservations: Mutex<Option<FakeReservations>>,
 }
 
 /// Cloneable handle to the fake kernel.
@@ -138,8 +144,16 @@ impl FakeKernel {
                     ..Default::default()
                 }),
                 held: Condvar::new(),
+                reservations: Mutex::new(None),
             }),
         }
+    }
+
+    /// The targets keep reservations in `r` (shared by every host's fake kernel that reaches
+    /// the same target): reservation commands on a device go there as from the host ID of the
+    /// device's controller.
+    pub fn set_reservations(&self, r: FakeReservations) {
+        *self.inner.reservations.lock().unwrap() = Some(r);
     }
 
     /// Exports subsystem `nqn` on the given ports with `namespaces` (nvmet's configfs, in short).
@@ -739,6 +753,70 @@ impl FakeKernel {
             self.udev(job);
         }
         Ok(format!("instance={i},cntlid={cntlid}\n"))
+    }
+}
+
+impl FakeKernel {
+    /// The namespace behind block device `device` and the host ID its controller connected
+    /// with, read back from the fake root as the target would know them.
+    fn resv_target(&self, device: &str) -> std::io::Result<(String, u32, [u8; 16])> {
+        let topo = volfence::nvme::sysfs::scan(&self.inner.host);
+        let ns = topo
+            .namespaces
+            .iter()
+            .find(|n| n.block == device)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no block device {device}")))?;
+        let ctrl = ns
+            .controllers
+            .first()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{device}: no controller")))?;
+        let raw =
+            std::fs::read_to_string(self.inner.host.path(CLASS_NVME).join(ctrl).join("hostid"))?;
+        let id = volfence::nvme::resv::host_id_bytes(raw.trim())
+            .map_err(|e| Error::new(ErrorKind::InvalidData, e.to_string()))?;
+        Ok((ns.subsysnqn.clone(), ns.nsid, id))
+    }
+
+    fn resv_execute(
+        &self,
+        device: &str,
+        nsid: u32,
+        cmd: &Command,
+    ) -> std::io::Result<(Status, Vec<u8>)> {
+        let (nqn, ns_nsid, id) = self.resv_target(device)?;
+        if nsid != ns_nsid {
+            // The controller answers for the namespace the command names.
+            return Ok((Status(0x400b), cmd.data.clone()));
+        }
+        let r = self.inner.reservations.lock().unwrap().clone();
+        Ok(match r {
+            Some(r) => r.execute(&id, &nqn, nsid, cmd),
+            // A target without reservations: Invalid Command Opcode, Do Not Retry.
+            None => (Status(0x4001), cmd.data.clone()),
+        })
+    }
+}
+
+impl ReservationCommands for FakeKernel {
+    fn submit(
+        &self,
+        _guard: &FenceGuard,
+        device: &str,
+        nsid: u32,
+        cmd: &Command,
+    ) -> std::io::Result<Status> {
+        self.resv_execute(device, nsid, cmd).map(|(s, _)| s)
+    }
+
+    fn report(&self, device: &str, nsid: u32) -> std::io::Result<(Status, Vec<u8>)> {
+        self.resv_execute(device, nsid, &codec::report())
+    }
+}
+
+impl ReservationTeardown for FakeKernel {
+    fn unregister(&self, device: &str, nsid: u32, key: u64) -> std::io::Result<Status> {
+        let cmd = codec::register(codec::RegisterAction::Unregister, key, 0, false);
+        self.resv_execute(device, nsid, &cmd).map(|(s, _)| s)
     }
 }
 
