@@ -63,6 +63,7 @@ async fn the_real_wiring_over_the_fake_kernel_connects_serves_and_stops() {
         udev_monitor: false,
         lvm: Arc::new(FakeLvm::new(host.clone())),
         mounter: Arc::new(FakeMounter::new(host.clone())),
+        reservations: Arc::new(kernel.clone()),
     };
     let opts = daemon::Options {
         settings,

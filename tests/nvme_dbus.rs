@@ -53,9 +53,12 @@ async fn serve(
         info,
         env.fence.clone(),
         Level::new("info"),
-        volumes.clone(),
-        snapshots(env),
-        None,
+        dbus::Served {
+            volumes: volumes.clone(),
+            snapshots: snapshots(env),
+            claims: None,
+            resv: None,
+        },
     )
     .await
     .unwrap();

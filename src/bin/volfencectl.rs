@@ -402,6 +402,53 @@ fn print_volume(m: &Json) {
     for p in path_lines(m) {
         println!("  path:        {p}");
     }
+    for l in reservation_lines(m) {
+        println!("  reservation: {l}");
+    }
+}
+
+/// The volume's NVMe reservation as this host last read it (docs/fencing.md).
+fn reservation_lines(m: &Json) -> Vec<String> {
+    let support = text(m, "ResvSupport");
+    match support.as_str() {
+        "" => return vec![],
+        "yes" => {}
+        "no" => return vec!["not supported by the namespace".into()],
+        "off" => return vec!["off (nvme.reservations)".into()],
+        other => return vec![other.to_string()],
+    }
+    let mut out = vec![];
+    let key = text(m, "ResvKey");
+    let registered = m.get("ResvRegistered").and_then(serde_json::Value::as_bool) == Some(true);
+    out.push(format!(
+        "key {} {}",
+        if key.is_empty() { "-" } else { key.as_str() },
+        if registered {
+            "registered"
+        } else {
+            "NOT registered"
+        }
+    ));
+    let holder = text(m, "ResvHolder");
+    let rtype = text(m, "ResvType");
+    out.push(if holder.is_empty() {
+        "held by nobody".to_string()
+    } else {
+        format!("held by {holder} ({rtype})")
+    });
+    let others: Vec<&str> = m
+        .get("ResvOthers")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if !others.is_empty() {
+        out.push(format!("also registered: {}", others.join(", ")));
+    }
+    let problem = text(m, "ResvProblem");
+    if !problem.is_empty() {
+        out.push(format!("PROBLEM: {problem}"));
+    }
+    out
 }
 
 /// VOLUME HOLDER EPOCH SINCE STATE HOLDER-LEASE, the last one free-form (with the Node hint).

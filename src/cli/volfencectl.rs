@@ -94,7 +94,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one volume
+    /// Show one volume: device, paths, claim and NVMe reservation
     Show {
         /// Volume id
         volume: String,

@@ -523,7 +523,11 @@ fn fuzzed_example_configs_never_panic_and_every_error_has_a_position() {
 fn nvme_reservations_default_prefer_and_name_the_choices() {
     use crate::nvme::resv::Mode;
     assert_eq!(settings("").unwrap().nvme.reservations, Mode::Prefer);
-    for (v, m) in [("off", Mode::Off), ("prefer", Mode::Prefer), ("require", Mode::Require)] {
+    for (v, m) in [
+        ("off", Mode::Off),
+        ("prefer", Mode::Prefer),
+        ("require", Mode::Require),
+    ] {
         let s = settings(&format!("[nvme]\nreservations = \"{v}\"\n")).unwrap();
         assert_eq!(s.nvme.reservations, m);
     }

@@ -27,6 +27,8 @@ use crate::host::{Host, HostError};
 use crate::lvm::LvmTools;
 use crate::metrics::{self, Metrics};
 use crate::nvme::kernel::{NvmeFabrics, Uevent};
+use crate::nvme::resv::service::Reservations;
+use crate::nvme::resv::ReservationDevice;
 use crate::nvme::{self, volumes::Volumes};
 use crate::snapshot::mount::MountSyscalls;
 use crate::snapshot::Snapshots;
@@ -47,6 +49,9 @@ pub enum DaemonError {
     /// Rebuilding the volumes from records and sysfs failed.
     #[error("recovering NVMe volumes: {0}")]
     Volumes(#[from] nvme::volumes::NvmeError),
+    /// The reservations could not be set up (the host ID is not a UUID).
+    #[error("{0}")]
+    Reservations(#[from] nvme::resv::ResvError),
     /// The host's identity files could not be read.
     #[error("cannot identify this host: {0}")]
     Host(#[from] HostError),
@@ -135,6 +140,8 @@ pub struct Parts {
     pub udev_monitor: bool,
     pub lvm: Arc<dyn LvmTools>,
     pub mounter: Arc<dyn MountSyscalls>,
+    /// Where NVMe reservation commands go.
+    pub reservations: Arc<dyn ReservationDevice>,
 }
 
 impl Parts {
@@ -146,6 +153,7 @@ impl Parts {
             udev_monitor: true,
             lvm: Arc::new(crate::lvm::SystemLvm),
             mounter: Arc::new(crate::snapshot::mount::SystemMounter),
+            reservations: Arc::new(nvme::resv::passthru::KernelReservations::new(host.clone())),
         }
     }
 }
@@ -183,6 +191,7 @@ pub async fn run_with(
         udev_monitor,
         lvm,
         mounter,
+        reservations,
     } = parts;
     let notifier = Notifier::from_env();
     notifier.status("starting");
@@ -358,14 +367,36 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    let resv = Arc::new(Reservations::new(
+        reservations,
+        &volumes.identity().hostid,
+        settings.nvme.reservations,
+        Some(metrics.clone()),
+    )?);
+    tasks.spawn({
+        let (r, v, c, f, s) = (
+            resv.clone(),
+            volumes.clone(),
+            claims.clone(),
+            fence.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            nvme::resv::keeper::run(r, v, c, f, s).await;
+            ("reservation-check", Ok(()))
+        }
+    });
     let iface = dbus::serve(
         &conn,
         info,
         fence.clone(),
         log,
-        volumes.clone(),
-        snapshots.clone(),
-        claims.clone(),
+        dbus::Served {
+            volumes: volumes.clone(),
+            snapshots: snapshots.clone(),
+            claims: claims.clone(),
+            resv: Some(resv),
+        },
     )
     .await?;
     {

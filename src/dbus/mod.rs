@@ -15,6 +15,9 @@ use zbus::{interface, Connection, OwnedVariant, Variant};
 use crate::claims::{Acquired, ClaimError, VolumeClaims};
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
+use crate::nvme::resv::policy::Role;
+use crate::nvme::resv::service::Reservations;
+use crate::nvme::resv::ResvError;
 use crate::nvme::volumes::Volumes;
 use crate::snapshot::Snapshots;
 
@@ -60,6 +63,10 @@ pub enum Error {
     /// Another live host holds the volume's claim; the message names it, its epoch and since
     /// when.
     Conflict(String),
+    /// The target's reservation of the volume could not be made to match its claim (another
+    /// host's key holds it, or `nvme.reservations = "require"` and the namespace has none):
+    /// the volume was not left connected.
+    Reservation(String),
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -67,6 +74,12 @@ pub enum Error {
 impl From<FenceError> for Error {
     fn from(e: FenceError) -> Self {
         Error::NotFenced(e.to_string())
+    }
+}
+
+impl From<ResvError> for Error {
+    fn from(e: ResvError) -> Self {
+        Error::Reservation(e.to_string())
     }
 }
 
@@ -126,6 +139,8 @@ pub struct Agent {
     snapshots: Snapshots,
     /// The volumes' claims (None with the standalone backend: one host, nothing to share).
     claims: Option<Arc<dyn VolumeClaims>>,
+    /// The volumes' reservations at the target (None: no reservation command is sent).
+    resv: Option<Arc<Reservations>>,
 }
 
 fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
@@ -190,6 +205,31 @@ impl Agent {
         {
             tracing::error!(VOLUME = id, "volume {id}: its D-Bus object: {e}");
         }
+    }
+
+    /// A Connect whose reservation failed: the device goes (our key with it) and the claim is
+    /// released, so nothing of it blocks another host. Failures are logged; the reconcile task
+    /// releases a claim left without a device.
+    async fn undo_connect(&self, conn: &Connection, info: &crate::nvme::volumes::VolumeInfo) {
+        let id = info.volume_id.as_str();
+        if let Some(r) = &self.resv {
+            if let Err(e) = r.give_up(info).await {
+                tracing::warn!(VOLUME = id, "{e}");
+            }
+        }
+        if let Err(e) = self.volumes.disconnect(id, None).await {
+            tracing::error!(
+                VOLUME = id,
+                "volume {id}: disconnecting after its reservation failed: {e}"
+            );
+            return;
+        }
+        if let Some(c) = &self.claims {
+            if let Err(e) = c.release(id).await {
+                tracing::warn!(VOLUME = id, "volume {id}: releasing its claim: {e}");
+            }
+        }
+        self.sync_volume_object(conn, id).await;
     }
 }
 
@@ -303,6 +343,8 @@ impl Agent {
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
         let id = req.volume_id.clone();
+        // The routine reservation check leaves the volume to this Connect until it returns.
+        let _busy = self.resv.as_ref().map(|r| r.busy(&id));
         let mut window = None;
         if let Some(c) = &self.claims {
             if let Acquired::Joined { window: w, .. } =
@@ -328,13 +370,31 @@ impl Agent {
                 return Err(e.into());
             }
         };
+        if let Some(r) = &self.resv {
+            // After the claim's CAS: the takeover's last step is at the target. A migration's
+            // destination only registers; any other holding of the claim is this host's alone.
+            let role = if window.is_some() {
+                Role::Shared
+            } else {
+                Role::Sole
+            };
+            if let Err(e) = r.secure(&guard, &info, role, role == Role::Sole).await {
+                tracing::error!(VOLUME = id.as_str(), "{e}: disconnecting it again");
+                self.undo_connect(conn, &info).await;
+                return Err(e.into());
+            }
+        }
         if let (Some(c), Some(w)) = (&self.claims, window) {
             crate::claims::window::open(c.clone(), Arc::new(self.volumes.clone()), id.clone(), w);
         }
         // The reply names the volume's object: it exists before the caller can ask it.
         self.sync_volume_object(conn, &info.volume_id).await;
         let shown = volumes::ClaimShown::of(self.claims.as_deref(), &id);
-        Ok((info.device.clone(), volumes::info_dict(&info, &shown)))
+        let resv = volumes::ResvShown::of(self.resv.as_deref(), &id);
+        Ok((
+            info.device.clone(),
+            volumes::info_dict(&info, &shown, &resv),
+        ))
     }
 
     /// Disconnects a volume; succeeds if it is not connected. Root only; allowed while fenced.
@@ -356,6 +416,23 @@ impl Agent {
         if let Some(c) = &self.claims {
             if let Err(e) = c.begin_release(&volume_id).await {
                 tracing::warn!(VOLUME = volume_id.as_str(), "{e}");
+            }
+        }
+        let _busy = self.resv.as_ref().map(|r| r.busy(&volume_id));
+        if let Some(r) = &self.resv {
+            // Our key goes before the device: once it is gone no command reaches the target.
+            let attached = self
+                .volumes
+                .list()
+                .into_iter()
+                .find(|v| v.volume_id == volume_id);
+            if let Some(info) = attached {
+                if let Err(e) = r.give_up(&info).await {
+                    tracing::warn!(
+                        VOLUME = volume_id.as_str(),
+                        "{e}: disconnecting anyway (the next holder preempts the key)"
+                    );
+                }
             }
         }
         self.volumes.disconnect(&volume_id, timeout).await?;
@@ -422,7 +499,8 @@ impl Agent {
             .iter()
             .map(|i| {
                 let shown = volumes::ClaimShown::of(self.claims.as_deref(), &i.volume_id);
-                volumes::info_dict(i, &shown)
+                let resv = volumes::ResvShown::of(self.resv.as_deref(), &i.volume_id);
+                volumes::info_dict(i, &shown, &resv)
             })
             .collect()
     }
@@ -549,6 +627,16 @@ pub enum ServeError {
     NameTaken,
 }
 
+/// What the bus drives: the volumes with their claims and reservations, and the snapshots.
+pub struct Served {
+    pub volumes: Volumes,
+    pub snapshots: Snapshots,
+    /// None with the standalone backend.
+    pub claims: Option<Arc<dyn VolumeClaims>>,
+    /// None: no reservation command is sent.
+    pub resv: Option<Arc<Reservations>>,
+}
+
 /// Exports the objects, then claims the well-known name (so a caller that sees the name sees
 /// the objects too).
 pub async fn serve(
@@ -556,10 +644,14 @@ pub async fn serve(
     info: AgentInfo,
     fence: Fence,
     log: Arc<dyn LogControl>,
-    volumes: Volumes,
-    snapshots: Snapshots,
-    claims: Option<Arc<dyn VolumeClaims>>,
+    served: Served,
 ) -> Result<InterfaceRef<AgentIface>, ServeError> {
+    let Served {
+        volumes,
+        snapshots,
+        claims,
+        resv,
+    } = served;
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
     let agent = Agent {
@@ -568,9 +660,10 @@ pub async fn serve(
         log,
         started: StdInstant::now(),
         volumes,
-        volume_objects: volumes::VolumeObjects::new(claims.clone()),
+        volume_objects: volumes::VolumeObjects::new(claims.clone(), resv.clone()),
         snapshots,
         claims,
+        resv,
     };
     server.at(AGENT_PATH, ReadOnlyProps::new(agent)).await?;
     let reply = conn

@@ -12,6 +12,7 @@ use zbus::{interface, Connection, OwnedObjectPath, OwnedVariant, Variant};
 use super::{var, Agent, Error};
 use crate::claims::VolumeClaims;
 use crate::nvme::options::OptValue;
+use crate::nvme::resv::service::{Reservations, Support};
 use crate::nvme::volumes::{NvmeError, VolumeEvent, VolumeInfo, Volumes};
 
 pub const VOLUME_INTERFACE: &str = "org.volfence.Volume1";
@@ -121,9 +122,64 @@ impl ClaimShown {
     }
 }
 
+/// What the bus shows of a volume's reservation at the target (docs/fencing.md): whether the
+/// namespace supports them (unknown | yes | no | off), this host's key (hex) and whether it is
+/// registered, the holder ("" | "this host" | a host ID), the type, the other registrants' host
+/// IDs, and why the last check did not end as the claim wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResvShown {
+    pub support: String,
+    pub key: String,
+    pub registered: bool,
+    pub holder: String,
+    pub rtype: String,
+    pub others: Vec<String>,
+    pub problem: String,
+}
+
+impl ResvShown {
+    pub fn of(resv: Option<&Reservations>, id: &str) -> ResvShown {
+        let Some(r) = resv else {
+            return ResvShown {
+                support: Support::Off.as_str().into(),
+                ..ResvShown::default()
+            };
+        };
+        let v = r.view(id).unwrap_or_default();
+        ResvShown {
+            support: v.support.as_str().into(),
+            key: if v.key == 0 {
+                String::new()
+            } else {
+                format!("{:#018x}", v.key)
+            },
+            registered: v.registered,
+            holder: v.holder,
+            rtype: v.rtype.map_or("", |t| t.as_str()).into(),
+            others: v.others,
+            problem: v.problem,
+        }
+    }
+
+    fn insert(&self, m: &mut HashMap<String, OwnedVariant>) {
+        m.insert("ResvSupport".into(), var(self.support.as_str()));
+        m.insert("ResvKey".into(), var(self.key.as_str()));
+        m.insert("ResvRegistered".into(), var(self.registered));
+        m.insert("ResvHolder".into(), var(self.holder.as_str()));
+        m.insert("ResvType".into(), var(self.rtype.as_str()));
+        m.insert("ResvOthers".into(), var(self.others.clone()));
+        m.insert("ResvProblem".into(), var(self.problem.as_str()));
+    }
+}
+
 /// A volume as an `a{sv}` (`Connect`'s reply, `ListVolumes`).
-pub fn info_dict(i: &VolumeInfo, claim: &ClaimShown) -> HashMap<String, OwnedVariant> {
+pub fn info_dict(
+    i: &VolumeInfo,
+    claim: &ClaimShown,
+    resv: &ResvShown,
+) -> HashMap<String, OwnedVariant> {
     let mut m = HashMap::new();
+    resv.insert(&mut m);
     m.insert("ClaimHolder".into(), var(claim.holder.as_str()));
     m.insert("ClaimEpoch".into(), var(claim.epoch));
     m.insert("Migration".into(), var(claim.migration.as_str()));
@@ -156,6 +212,7 @@ fn paths(i: &VolumeInfo) -> Vec<(String, String, String)> {
 pub struct VolumeObject {
     volumes: Volumes,
     claims: Option<Arc<dyn VolumeClaims>>,
+    resv: Option<Arc<Reservations>>,
     id: String,
 }
 
@@ -239,6 +296,63 @@ impl VolumeObject {
     fn migration(&self) -> String {
         ClaimShown::of(self.claims.as_deref(), &self.id).migration
     }
+    /// Whether the namespace takes reservations: unknown | yes | no | off.
+    #[zbus(property)]
+    fn resv_support(&self) -> String {
+        self.resv_shown().support
+    }
+    /// This host's reservation key in its current holding, hex ("" before the first check).
+    #[zbus(property)]
+    fn resv_key(&self) -> String {
+        self.resv_shown().key
+    }
+    #[zbus(property)]
+    fn resv_registered(&self) -> bool {
+        self.resv_shown().registered
+    }
+    /// "" (nobody), "this host", or the holder's host ID.
+    #[zbus(property)]
+    fn resv_holder(&self) -> String {
+        self.resv_shown().holder
+    }
+    /// The reservation's type (write-exclusive-registrants-only, ...), "" if none.
+    #[zbus(property)]
+    fn resv_type(&self) -> String {
+        self.resv_shown().rtype
+    }
+    /// Host IDs of the other registrants.
+    #[zbus(property)]
+    fn resv_others(&self) -> Vec<String> {
+        self.resv_shown().others
+    }
+    /// Why the last check did not end as the claim wants ("" if it did).
+    #[zbus(property)]
+    fn resv_problem(&self) -> String {
+        self.resv_shown().problem
+    }
+}
+
+impl VolumeObject {
+    fn resv_shown(&self) -> ResvShown {
+        ResvShown::of(self.resv.as_deref(), &self.id)
+    }
+}
+
+/// One `PropertiesChanged` for a volume's reservation properties.
+async fn emit_resv(
+    iface: &InterfaceRef<super::ReadOnlyProps<VolumeObject>>,
+    r: &ResvShown,
+) -> zbus::Result<()> {
+    let changed: HashMap<&str, Variant<'_>> = HashMap::from([
+        ("ResvSupport", r.support.as_str().into()),
+        ("ResvKey", r.key.as_str().into()),
+        ("ResvRegistered", r.registered.into()),
+        ("ResvHolder", r.holder.as_str().into()),
+        ("ResvType", r.rtype.as_str().into()),
+        ("ResvOthers", r.others.clone().into()),
+        ("ResvProblem", r.problem.as_str().into()),
+    ]);
+    properties_changed(iface, changed).await
 }
 
 /// One `PropertiesChanged` for a volume's claim properties.
@@ -314,14 +428,31 @@ async fn properties_changed(
 pub struct VolumeObjects {
     shown: Arc<tokio::sync::Mutex<HashMap<String, VolumeInfo>>>,
     claims: Option<Arc<dyn VolumeClaims>>,
+    resv: Option<Arc<Reservations>>,
 }
 
 impl VolumeObjects {
-    pub fn new(claims: Option<Arc<dyn VolumeClaims>>) -> VolumeObjects {
+    pub fn new(
+        claims: Option<Arc<dyn VolumeClaims>>,
+        resv: Option<Arc<Reservations>>,
+    ) -> VolumeObjects {
         VolumeObjects {
             shown: Arc::default(),
             claims,
+            resv,
         }
+    }
+
+    /// Says that `id`'s reservation view changed, if its object is shown.
+    pub async fn resv_changed(&self, server: &zbus::ObjectServer, id: &str) -> zbus::Result<()> {
+        let _shown = self.shown.lock().await;
+        if let Ok(iface) = server
+            .interface::<_, super::ReadOnlyProps<VolumeObject>>(&volume_path(id))
+            .await
+        {
+            emit_resv(&iface, &ResvShown::of(self.resv.as_deref(), id)).await?;
+        }
+        Ok(())
     }
 
     /// Says that `id`'s claim changed, if its object is shown.
@@ -364,6 +495,7 @@ impl VolumeObjects {
                             super::ReadOnlyProps::new(VolumeObject {
                                 volumes: volumes.clone(),
                                 claims: self.claims.clone(),
+                                resv: self.resv.clone(),
                                 id,
                             }),
                         )
@@ -403,6 +535,8 @@ pub async fn publish_volumes(
     // Without claims, a channel that never speaks.
     let (_quiet, quiet_rx) = tokio::sync::broadcast::channel(1);
     let mut claim_rx = claims.as_ref().map_or(quiet_rx, |c| c.subscribe());
+    let (_quiet2, quiet_rx2) = tokio::sync::broadcast::channel(1);
+    let mut resv_rx = objects.resv.as_ref().map_or(quiet_rx2, |r| r.subscribe());
     let mut sync_all = true;
     loop {
         if sync_all {
@@ -417,6 +551,18 @@ pub async fn publish_volumes(
                 match c {
                     Ok(id) => objects.claim_changed(server, &id).await?,
                     Err(RecvError::Lagged(_)) => sync_all = true,
+                    Err(RecvError::Closed) => {}
+                }
+                continue;
+            }
+            r = resv_rx.recv() => {
+                match r {
+                    Ok(id) => objects.resv_changed(server, &id).await?,
+                    Err(RecvError::Lagged(_)) => {
+                        for v in volumes.list() {
+                            objects.resv_changed(server, &v.volume_id).await?;
+                        }
+                    }
                     Err(RecvError::Closed) => {}
                 }
                 continue;

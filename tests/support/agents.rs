@@ -293,6 +293,7 @@ impl Parked {
             udev_monitor: false,
             lvm: Arc::new(FakeLvm::new(self.host.clone())),
             mounter: Arc::new(FakeMounter::new(self.host.clone())),
+            reservations: Arc::new(self.kernel.clone()),
         };
         let opts = daemon::Options {
             settings: self.settings.clone(),

@@ -82,7 +82,7 @@ async fn check_all(
     roles.retain(|id, _| attached.iter().any(|v| &v.volume_id == id));
     for v in attached {
         if !matches!(v.state, VolumeState::Live | VolumeState::Degraded)
-            || resv.is_connecting(&v.volume_id)
+            || resv.is_busy(&v.volume_id)
         {
             continue;
         }
@@ -112,7 +112,7 @@ async fn check_all(
             }
         }
         let shown = resv.view(&v.volume_id).map(|x| x.problem);
-        match resv.secure(&guard, &v, role, takeover).await {
+        match resv.check(&guard, &v, role, takeover).await {
             Ok(_) => {}
             Err(e) => {
                 // Said once per change, not every check.

@@ -129,6 +129,19 @@ impl ReservationType {
         })
     }
 
+    /// The type as `volfencectl show` and the bus name it.
+    pub fn as_str(self) -> &'static str {
+        use ReservationType::*;
+        match self {
+            WriteExclusive => "write-exclusive",
+            ExclusiveAccess => "exclusive-access",
+            WriteExclusiveRegistrantsOnly => "write-exclusive-registrants-only",
+            ExclusiveAccessRegistrantsOnly => "exclusive-access-registrants-only",
+            WriteExclusiveAllRegistrants => "write-exclusive-all-registrants",
+            ExclusiveAccessAllRegistrants => "exclusive-access-all-registrants",
+        }
+    }
+
     /// Every registrant is a holder (types 5 and 6).
     pub fn all_registrants(self) -> bool {
         matches!(

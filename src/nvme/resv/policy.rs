@@ -109,7 +109,13 @@ pub fn plan(report: &Report, me: &[u8; 16], want: Want) -> Result<Vec<Step>, For
         // a preempt with key 0 removes every other registrant and makes us the holder.
         (Some(t), Some(_)) if t.all_registrants() => match others.first() {
             Some(o) if !want.takeover => Err(foreign(o)),
-            _ => Ok(vec![preempt(AcquireAction::PreemptAndAbort, RTYPE, key, 0, "evict")]),
+            _ => Ok(vec![preempt(
+                AcquireAction::PreemptAndAbort,
+                RTYPE,
+                key,
+                0,
+                "evict",
+            )]),
         },
         (Some(t), Some(h)) if h.host_id == *me => {
             if want.takeover && !others.is_empty() {
@@ -130,7 +136,13 @@ pub fn plan(report: &Report, me: &[u8; 16], want: Want) -> Result<Vec<Step>, For
             if t == RTYPE {
                 return Ok(vec![]);
             }
-            Ok(vec![preempt(AcquireAction::Preempt, RTYPE, key, key, "retype")])
+            Ok(vec![preempt(
+                AcquireAction::Preempt,
+                RTYPE,
+                key,
+                key,
+                "retype",
+            )])
         }
         (Some(_), Some(h)) => {
             if !want.takeover {
@@ -139,7 +151,13 @@ pub fn plan(report: &Report, me: &[u8; 16], want: Want) -> Result<Vec<Step>, For
             // The takeover at the target: first every other non-holder (the holder's preempt
             // would leave them), then the holder, whose commands in flight are waited for.
             if let Some(o) = others.iter().find(|r| !r.holder && r.key != h.key) {
-                return Ok(vec![preempt(AcquireAction::Preempt, RTYPE, key, o.key, "evict")]);
+                return Ok(vec![preempt(
+                    AcquireAction::Preempt,
+                    RTYPE,
+                    key,
+                    o.key,
+                    "evict",
+                )]);
             }
             Ok(vec![preempt(
                 AcquireAction::PreemptAndAbort,
@@ -230,7 +248,13 @@ mod tests {
         // The case the real target showed: a preempted host that registers again could write.
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true)]);
         let e = plan(&r, &ME, want(Role::Sole, false)).unwrap_err();
-        assert_eq!(e, ForeignHolder { host_id: OTHER, key: 9 });
+        assert_eq!(
+            e,
+            ForeignHolder {
+                host_id: OTHER,
+                key: 9
+            }
+        );
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true), reg(ME, 7, false)]);
         assert!(plan(&r, &ME, want(Role::Sole, false)).is_err());
     }
@@ -238,7 +262,10 @@ mod tests {
     #[test]
     fn a_takeover_preempts_and_aborts_the_old_holder() {
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true)]);
-        assert_eq!(ops(&plan(&r, &ME, want(Role::Sole, true)).unwrap()), ["register"]);
+        assert_eq!(
+            ops(&plan(&r, &ME, want(Role::Sole, true)).unwrap()),
+            ["register"]
+        );
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true), reg(ME, 7, false)]);
         let s = plan(&r, &ME, want(Role::Sole, true)).unwrap();
         assert_eq!(ops(&s), ["preempt_abort"]);
@@ -284,7 +311,10 @@ mod tests {
     #[test]
     fn a_migration_destination_only_registers() {
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true)]);
-        assert_eq!(ops(&plan(&r, &ME, want(Role::Shared, false)).unwrap()), ["register"]);
+        assert_eq!(
+            ops(&plan(&r, &ME, want(Role::Shared, false)).unwrap()),
+            ["register"]
+        );
         let r = report(Some(RTYPE), vec![reg(OTHER, 9, true), reg(ME, 7, false)]);
         assert!(plan(&r, &ME, want(Role::Shared, false)).unwrap().is_empty());
     }
@@ -295,6 +325,9 @@ mod tests {
             Some(ReservationType::WriteExclusive),
             vec![reg(ME, 7, true)],
         );
-        assert_eq!(ops(&plan(&r, &ME, want(Role::Sole, false)).unwrap()), ["retype"]);
+        assert_eq!(
+            ops(&plan(&r, &ME, want(Role::Sole, false)).unwrap()),
+            ["retype"]
+        );
     }
 }

@@ -93,23 +93,24 @@ pub struct Reservations {
     mode: Mode,
     metrics: Option<Arc<Metrics>>,
     views: Mutex<BTreeMap<String, View>>,
-    /// Volumes whose Connect is deciding their reservation: the routine check leaves them.
-    connecting: Mutex<BTreeSet<String>>,
+    /// Volumes whose Connect or Disconnect decides their reservation: the routine check
+    /// leaves them.
+    busy: Mutex<BTreeSet<String>>,
     /// One volume's commands at a time: a Connect's and the routine check's would otherwise
     /// decide on each other's Reports.
     serial: tokio::sync::Mutex<()>,
     changes: tokio::sync::broadcast::Sender<String>,
 }
 
-/// Marks a volume as being connected until dropped.
-pub struct Connecting<'a> {
+/// Marks a volume as a Connect's or a Disconnect's until dropped.
+pub struct Busy<'a> {
     resv: &'a Reservations,
     volume: String,
 }
 
-impl Drop for Connecting<'_> {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.resv.connecting.lock().unwrap().remove(&self.volume);
+        self.resv.busy.lock().unwrap().remove(&self.volume);
     }
 }
 
@@ -126,7 +127,7 @@ impl Reservations {
             mode,
             metrics,
             views: Mutex::default(),
-            connecting: Mutex::default(),
+            busy: Mutex::default(),
             serial: tokio::sync::Mutex::new(()),
             changes: tokio::sync::broadcast::channel(64).0,
         })
@@ -160,20 +161,27 @@ impl Reservations {
         }
     }
 
-    pub fn begin_connect(&self, volume: &str) -> Connecting<'_> {
-        self.connecting.lock().unwrap().insert(volume.to_string());
-        Connecting {
+    /// Keeps the routine check off `volume` while a Connect or Disconnect decides it (a check
+    /// between a Disconnect's unregister and its device removal would register again).
+    pub fn busy(&self, volume: &str) -> Busy<'_> {
+        self.busy.lock().unwrap().insert(volume.to_string());
+        Busy {
             resv: self,
             volume: volume.to_string(),
         }
     }
 
-    pub fn is_connecting(&self, volume: &str) -> bool {
-        self.connecting.lock().unwrap().contains(volume)
+    pub fn is_busy(&self, volume: &str) -> bool {
+        self.busy.lock().unwrap().contains(volume)
     }
 
     fn set_view(&self, volume: &str, v: View) {
-        let changed = self.views.lock().unwrap().insert(volume.to_string(), v.clone()) != Some(v);
+        let changed = self
+            .views
+            .lock()
+            .unwrap()
+            .insert(volume.to_string(), v.clone())
+            != Some(v);
         if changed {
             let _ = self.changes.send(volume.to_string());
         }
@@ -247,6 +255,29 @@ impl Reservations {
         role: Role,
         takeover: bool,
     ) -> Result<View, ResvError> {
+        self.decide(guard, volume, role, takeover, false).await
+    }
+
+    /// [`Reservations::secure`] for the routine check: nothing is sent for a volume that a
+    /// Connect or Disconnect has taken meanwhile (its last view is returned).
+    pub async fn check(
+        self: &Arc<Self>,
+        guard: &FenceGuard,
+        volume: &VolumeInfo,
+        role: Role,
+        takeover: bool,
+    ) -> Result<View, ResvError> {
+        self.decide(guard, volume, role, takeover, true).await
+    }
+
+    async fn decide(
+        self: &Arc<Self>,
+        guard: &FenceGuard,
+        volume: &VolumeInfo,
+        role: Role,
+        takeover: bool,
+        routine: bool,
+    ) -> Result<View, ResvError> {
         if self.mode == Mode::Off {
             let v = View {
                 support: Support::Off,
@@ -257,6 +288,9 @@ impl Reservations {
         }
         let t = Target::of(volume)?;
         let _serial = self.serial.lock().await;
+        if routine && self.is_busy(&volume.volume_id) {
+            return Ok(self.view(&volume.volume_id).unwrap_or_default());
+        }
         let me = self.clone();
         let guard = guard.clone();
         let want = Want {
@@ -291,13 +325,19 @@ impl Reservations {
         got
     }
 
-    fn secure_blocking(&self, guard: &FenceGuard, t: &Target, want: Want) -> Result<View, ResvError> {
+    fn secure_blocking(
+        &self,
+        guard: &FenceGuard,
+        t: &Target,
+        want: Want,
+    ) -> Result<View, ResvError> {
         for _ in 0..MAX_ROUNDS {
             let Some(report) = self.read(t)? else {
                 if self.mode == Mode::Require {
                     return Err(ResvError::Unsupported {
                         volume: t.volume.clone(),
-                        why: "the target answers Reservation Report with Invalid Command Opcode".into(),
+                        why: "the target answers Reservation Report with Invalid Command Opcode"
+                            .into(),
                     });
                 }
                 return Ok(View {
@@ -401,7 +441,11 @@ impl Reservations {
         let Some(report) = self.read(t)? else {
             return Ok(());
         };
-        let Some(mine) = report.registrants.iter().find(|r| r.host_id == self.host_id) else {
+        let Some(mine) = report
+            .registrants
+            .iter()
+            .find(|r| r.host_id == self.host_id)
+        else {
             return Ok(());
         };
         let got = self.device.unregister(&t.device, t.nsid, mine.key);

@@ -207,10 +207,21 @@ fn host_ids_read_as_the_target_compares_them() {
     assert_eq!(id[0], 0x2b);
     assert_eq!(id[15], 0x10);
     assert_eq!(host_id_string(&id), "2b8f0e2a-6c1d-4d9b-9a51-0f3c2e7d8a10");
-    assert_eq!(host_id_bytes("2b8f0e2a6c1d4d9b9a510f3c2e7d8a10").unwrap(), id);
-    for bad in ["", "xyz", "2b8f0e2a-6c1d-4d9b-9a51-0f3c2e7d8a1", "2b8f0e2a-6c1d-4d9b-9a51-0f3c2e7d8a1g"] {
+    assert_eq!(
+        host_id_bytes("2b8f0e2a6c1d4d9b9a510f3c2e7d8a10").unwrap(),
+        id
+    );
+    for bad in [
+        "",
+        "xyz",
+        "2b8f0e2a-6c1d-4d9b-9a51-0f3c2e7d8a1",
+        "2b8f0e2a-6c1d-4d9b-9a51-0f3c2e7d8a1g",
+    ] {
         let e = host_id_bytes(bad).unwrap_err().to_string();
-        assert!(e.contains(&format!("{bad:?}")) && e.contains("expected a UUID"), "{e}");
+        assert!(
+            e.contains(&format!("{bad:?}")) && e.contains("expected a UUID"),
+            "{e}"
+        );
     }
 }
 
