@@ -345,6 +345,8 @@ impl Agent {
         let id = req.volume_id.clone();
         // The routine reservation check leaves the volume to this Connect until it returns.
         let _busy = self.resv.as_ref().map(|r| r.busy(&id));
+        // A Connect of a volume attached already (idempotent) never takes it away on failure.
+        let attached_before = self.volumes.get(&id).is_some();
         let mut window = None;
         if let Some(c) = &self.claims {
             if let Acquired::Joined { window: w, .. } =
@@ -379,8 +381,13 @@ impl Agent {
                 Role::Sole
             };
             if let Err(e) = r.secure(&guard, &info, role, role == Role::Sole).await {
-                tracing::error!(VOLUME = id.as_str(), "{e}: disconnecting it again");
-                self.undo_connect(conn, &info).await;
+                if attached_before {
+                    // In use already: the routine check keeps trying, the bus shows why.
+                    tracing::error!(VOLUME = id.as_str(), "{e}");
+                } else {
+                    tracing::error!(VOLUME = id.as_str(), "{e}: disconnecting it again");
+                    self.undo_connect(conn, &info).await;
+                }
                 return Err(e.into());
             }
         }
