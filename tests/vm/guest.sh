@@ -8,7 +8,7 @@
 # Usage (inside the guest): guest.sh OUTDIR
 #   OUTDIR : shared read-write with the host (vng --rwdir); logs go there
 # Environment (set by run.sh): VOLFENCED VOLFENCECTL VOLFENCE_DEB VOLFENCE_NVME_TESTS VOLFENCE_CONNECT_BENCH
-#   VOLFENCE_RESV_TESTS (artifacts under test), NVME_BENCH_ROUNDS, VM_CASES, VM_SKIP, FAILOVER_TRIALS,
+#   VOLFENCE_RESV_TESTS (artifacts under test), NVME_BENCH_ROUNDS, VM_CASES, VM_SKIP, FAILOVER_TRIALS, RESV_TRIALS,
 #   VOLFENCE_SRC (repository root: policy and unit sources), STEP_TIMEOUT, TRACE.
 #
 # Sources every cases/*.sh in name order; each defines test functions and registers them with

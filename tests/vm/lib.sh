@@ -60,6 +60,22 @@ expect_rc() {
 # contains TEXT NEEDLE : fixed-string match, with a readable failure
 contains() { grep -qF -- "$2" <<< "$1" || fail "output does not contain '$2'"; }
 
+# json_assert PYTHON-EXPR... : every EXPR must be true, with s = the JSON in $RUN_OUT and
+# e = the environment (pass values as VAR=value json_assert ...). One python3 for all: under
+# TCG its start-up costs seconds. Debian's /usr/bin/python3, not the pyenv one on PATH.
+json_assert() {
+    /usr/bin/python3 -c '
+import json, os, sys
+s, e, bad = json.loads(sys.stdin.read()), os.environ, 0
+for expr in sys.argv[1:]:
+    ok = eval(expr, {"s": s, "e": e})
+    print(("ok:     " if ok else "FAILED: ") + expr)
+    bad += not ok
+sys.exit(1 if bad else 0)' "$@" <<< "$RUN_OUT"
+}
+# json_str KEY : a top-level string value of the pretty-printed JSON in $RUN_OUT
+json_str() { sed -n "s/^  \"$1\": \"\(.*\)\",\{0,1\}\$/\1/p" <<< "$RUN_OUT"; }
+
 # as_nobody CMD... : run CMD as uid/gid 65534 with no supplementary groups
 as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
 

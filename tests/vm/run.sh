@@ -23,7 +23,9 @@
 #   8. the reservations boot: a kernel whose nvmet has NVMe reservations (Linux >= 6.13: the
 #      newest linux-binary-*+deb13-amd64 of Debian trixie-backports, fetched through a private
 #      apt configuration under $VMTEST_WORK, never the machine's sources) with
-#      nvme_core.multipath=N runs cases 10-base and 70-reservations;
+#      nvme_core.multipath=N runs cases 10-base, 70-reservations and 75-resv-takeover (two
+#      agents, one agent hung with SIGSTOP while its VM writes: the takeover's preempt-and-abort
+#      stops those writes at the target); its figures are printed;
 #   9. the watchdog-reset boot (judged from the outside).
 # The last line printed is always "N passed, N failed" (CI parses it).
 #
@@ -36,6 +38,7 @@
 #   VM_MAIN=0               skip the main boot; VM_RESET_TEST=0 skip the watchdog-reset boot;
 #                           VM_AUTH_TEST=0 skip the auth boot; VM_CLAIMS_TEST=0 skip the two-host boot
 #   FAILOVER_TRIALS (5)     failover trials in the two-host boot (after its first takeover)
+#   RESV_TRIALS (3)         hung-holder takeovers in the reservations boot, the roles alternating
 #   VM_RESV_TEST=0          skip the reservations boot; RESV_KERNEL_PKG pins its linux-binary-* package
 #   VOLFENCE_RESV_TESTS     the reservation test body (default: built by `cargo test --test nvme_resv --no-run`)
 #   AUTH_KERNEL_PKG         the auth boot's kernel (default: what linux-image-6.12-amd64 depends on)
@@ -258,9 +261,9 @@ guest_cmd() {
         VM_CASES "$cases" "$@"
     printf '%q %q' "$HERE/guest.sh" "$out"
 }
-# 60-claims and 70-reservations need nvme_core.multipath=N (and 70 a newer kernel): their
-# boots run them.
-GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}" VM_SKIP "60-claims 70-reservations")
+# 60-claims, 70-reservations and 75-resv-takeover need nvme_core.multipath=N (and 70 and 75 a
+# newer kernel): their boots run them.
+GUEST_CMD=$(guest_cmd "$OUT" "${VM_CASES:-}" VM_SKIP "60-claims 70-reservations 75-resv-takeover")
 VNG=(vng -r "$KIMG" "${ACCEL_ARGS[@]}" --cpus "$VM_CPUS" --memory "$VM_MEM"
      --rwdir="$OUT" --qemu-opts="$QEMU_OPTS" --exec "$GUEST_CMD")
 echo "[host] ${VNG[*]}"
@@ -325,7 +328,7 @@ extra_boot() {
         rm -f "$DISK"
         phase "vm ($label)"
         tr -d '\r' < "$out/console.log" | grep -E '^(PASS |FAIL |guest: |--- last lines |    )' | sed "s/^/[host] $label: /"
-        grep -h '^failover: ' "$out/guest-detail.log" 2>/dev/null | sed "s/^/[host] $label: /"
+        grep -hE '^(failover|resv-[a-z]+): ' "$out/guest-detail.log" 2>/dev/null | sed "s/^/[host] $label: /"
         s=$(boot_summary "$out/console.log" "$rc")
         echo "[host] $label ($kimg${append:+, $append}): vng exit code $rc; $s (details: $out/guest-detail.log)"
     fi
@@ -342,7 +345,7 @@ extra_boot() {
     "10-base 20-agent 60-claims" FAILOVER_TRIALS "${FAILOVER_TRIALS:-5}"
 # NVMe reservations need nvmet from Linux 6.13 on.
 [ "${VM_RESV_TEST:-1}" = 1 ] && extra_boot "reservations boot" resv "$RESV_KIMG" nvme_core.multipath=N \
-    "10-base 70-reservations"
+    "10-base 70-reservations 75-resv-takeover" RESV_TRIALS "${RESV_TRIALS:-3}"
 
 # ------------------------------------------------------------------ 9. last boot: watchdog reset
 # A hung agent (SIGSTOP) stops feeding the hardware watchdog: the guest must reset. virtme runs

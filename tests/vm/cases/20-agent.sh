@@ -14,22 +14,6 @@ ctl() { "$VOLFENCECTL" "$@"; }
 fence_held() { "${1:-$VOLFENCECTL}" status --json 2>/dev/null | grep -qF '"FenceState": "held"'; }
 # owner_pid NAME : pid of the process owning NAME on the system bus
 owner_pid() { bus_call GetConnectionUnixProcessID "string:$1" 2>/dev/null | awk '/uint32/{print $2}'; }
-# json_assert PYTHON-EXPR... : every EXPR must be true, with s = the JSON in $RUN_OUT and
-# e = the environment (pass values as VAR=value json_assert ...). One python3 for all: under
-# TCG its start-up costs seconds. Debian's /usr/bin/python3, not the pyenv one on PATH.
-json_assert() {
-    /usr/bin/python3 -c '
-import json, os, sys
-s, e, bad = json.loads(sys.stdin.read()), os.environ, 0
-for expr in sys.argv[1:]:
-    ok = eval(expr, {"s": s, "e": e})
-    print(("ok:     " if ok else "FAILED: ") + expr)
-    bad += not ok
-sys.exit(1 if bad else 0)' "$@" <<< "$RUN_OUT"
-}
-# json_str KEY : a top-level string value of the pretty-printed JSON in $RUN_OUT
-json_str() { sed -n "s/^  \"$1\": \"\(.*\)\",\{0,1\}\$/\1/p" <<< "$RUN_OUT"; }
-
 # ================================================================ a. host-built agent
 t_clean_state() {
     # The guest's /etc and /var are overlays over the host's: drop whatever a run of the agent

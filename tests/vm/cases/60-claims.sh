@@ -4,99 +4,21 @@
 # Booted with nvme_core.multipath=N (run.sh's two-host boot) so each agent's device is its own.
 # A connects and writes; B is refused; A is partitioned from the API server, fences itself
 # (its controller deleted) before B takes over; B reads A's data; A heals with a new epoch and
-# does not reconnect. Then failover trials, the holder alternating. Needs 10-base.sh and
-# 20-agent.sh (helpers; its agents are stopped).
+# does not reconnect. Then failover trials, the holder alternating. Needs 10-base.sh (modules,
+# configfs, the system bus with the policy); the agents come from ../two-agents.sh.
 
 CNQN=nqn.2024-01.io.volfence.vm:claims
 CPORT=4800
-CEMU=http://127.0.0.1:16444
-CKCFG=$W/claims-kubeconfig
 CVOL=vm-shared
 FAILOVER_TRIALS=${FAILOVER_TRIALS:-5}
-declare -A HOSTID=([a]=0c1a1a1a-5e1f-4a0b-9c2d-00000000000a [b]=0c1a1a1a-5e1f-4a0b-9c2d-00000000000b)
-declare -A NODE_OF=([a]=vm-a [b]=vm-b)
-declare -A BUS_OF=([a]=system [b]=unix:path=$W/bus-b)
-other() { [ "$1" = a ] && echo b || echo a; }
-hostnqn_of() { echo "nqn.2014-08.org.nvmexpress:uuid:${HOSTID[$1]}"; }
-
-# vctl X ARGS... : volfencectl against agent X's bus
-vctl() { local x=$1; shift; VOLFENCE_BUS=${BUS_OF[$x]} "$VOLFENCECTL" "$@"; }
-# cemu_faults X JSON : the faults of agent X's API client
-cemu_faults() {
-    /usr/bin/python3 -c '
-import sys, urllib.request
-req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method="PUT")
-urllib.request.urlopen(req, timeout=10).read()' "$CEMU/emulator/v1/faults/${NODE_OF[$1]}" "$2"
-}
-ckubectl() { kubectl --kubeconfig "$CKCFG.admin" "$@"; }
-# host_ctrls X : controllers to the claims subsystem that agent X's host NQN made
-host_ctrls() {
-    local c want; want=$(hostnqn_of "$1")
-    for c in $(ctrls_of "$CNQN"); do
-        [ "$(cat /sys/class/nvme/$c/hostnqn)" = "$want" ] && echo "$c"
-    done
-}
-state_of() { vctl "$1" status --json 2>/dev/null | sed -n 's/^  "FenceState": "\(.*\)",\{0,1\}$/\1/p'; }
-epoch_of() { vctl "$1" status --json 2>/dev/null | sed -n 's/^  "Epoch": \([0-9]*\),\{0,1\}$/\1/p'; }
-# cconnect X : agent X connects the shared volume; the reply in $RUN_OUT
-cconnect() {
-    local rc
-    run_rc rc vctl "$1" connect "$CVOL" --nqn "$CNQN" --traddr 127.0.0.1 --trsvcid $CPORT --nsid 1 --json
-    return "$rc"
-}
-# pattern_write DEV N / pattern_read DEV : one 4 KiB block with "volfence-pattern-N", O_DIRECT
-pattern_write() {
-    printf 'volfence-pattern-%s\n' "$2" | dd of="$1" bs=4096 count=1 conv=sync,fsync oflag=direct status=none
-}
-pattern_read() { dd if="$1" bs=4096 count=1 iflag=direct status=none | tr -d '\0' | head -1; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
+# shellcheck source=../two-agents.sh
+. "$HERE/two-agents.sh"
 
 t_claims_setup() {
     [ "$(cat /sys/module/nvme_core/parameters/multipath)" = N ] \
         || fail "needs nvme_core.multipath=N (run.sh's two-host boot)" || return 1
     target_add "$CNQN" $CPORT 1 || return 1
-    spawn cemu "$VOLFENCE_EMULATOR" --listen 127.0.0.1:16444 --kubeconfig "$CKCFG" \
-        --client vm-a --client vm-b --client admin || return 1
-    wait_for 30 grep -q "listening on" "$OUT/cemu.log" || return 1
-    expect_rc 0 ckubectl create namespace volfence-system || return 1
-    expect_rc 0 ckubectl create namespace volfence-claims || return 1
-    rm -f "$W/bus-b"
-    spawn bus-b dbus-daemon --session --nofork --address="unix:path=$W/bus-b" || return 1
-    wait_for 20 test -S "$W/bus-b" || return 1
-    local x d
-    for x in a b; do
-        d=$W/agent-$x
-        rm -rf "$d"; mkdir -p "$d"
-        cat > "$d/config.toml" <<EOF
-[node]
-name = "${NODE_OF[$x]}"
-[daemon]
-state_dir = "$d/state"
-runtime_dir = "$d/run"
-[fence]
-backend = "kubernetes"
-lease_namespace = "volfence-system"
-on_lease_loss = "disconnect"
-[kubernetes]
-kubeconfig = "$CKCFG.${NODE_OF[$x]}"
-[claims]
-namespace = "volfence-claims"
-[nvme]
-hostnqn = "$(hostnqn_of $x)"
-hostid = "${HOSTID[$x]}"
-[snapshots]
-mount_root = "$d/snapshots"
-[dbus]
-bus = "${BUS_OF[$x]}"
-[metrics]
-enabled = false
-EOF
-        spawn "cagent-$x" env RUST_LOG=info "$VOLFENCED" --config "$d/config.toml" || return 1
-    done
-    wait_for 90 eval '[ "$(state_of a)" = held ] && [ "$(state_of b)" = held ]' \
-        || { tail -5 "$OUT/cagent-a.log" "$OUT/cagent-b.log"; return 1; }
-    expect_rc 0 ckubectl get lease -n volfence-system -o 'custom-columns=NAME:.metadata.name,HOLDER:.spec.holderIdentity' || return 1
-    contains "$RUN_OUT" "vm-a" && contains "$RUN_OUT" "vm-b"
+    two_agents_up ""
 }
 check claims-two-agents-hold-their-leases t_claims_setup
 
@@ -139,8 +61,7 @@ failover() {
     # At that moment the old holder's controller is already gone.
     [ -z "$(host_ctrls "$h")" ] || fail "$h still has controller $(host_ctrls "$h") when $o took over" || return 1
     [ "$(state_of "$h")" = fenced ] || fail "$h is $(state_of "$h") when $o took over" || return 1
-    t_fenced=$(grep -F -- "-> fenced" "$OUT/cagent-$h.log" | tail -1 | awk '{print $1}')
-    t_fenced=$(date -d "$t_fenced" +%s.%N) || fail "no fenced transition in cagent-$h.log" || return 1
+    t_fenced=$(agent_time "$h" "-> fenced") || fail "no fenced transition in cagent-$h.log" || return 1
     awk -v f="$t_fenced" -v t="$t_ok" 'BEGIN{exit !(f < t)}' || fail "$h fenced at $t_fenced, after the takeover at $t_ok" || return 1
     json_assert "s['ClaimHolder'].startswith('${NODE_OF[$o]}/')" || return 1
     got=$(pattern_read "$odev")
@@ -188,11 +109,6 @@ t_claims_stop() {
     [ -z "$(ctrls_of "$CNQN")" ] || fail "controllers left: $(ctrls_of "$CNQN")" || return 1
     expect_rc 0 ckubectl get lease -n volfence-claims -o name || return 1
     [ -z "$RUN_OUT" ] || contains "$RUN_OUT" "No resources" || fail "claims left: $RUN_OUT" || return 1
-    for x in a b; do
-        stop_spawned "cagent-$x" 30 || return 1
-        [ "$(spawned_rc "cagent-$x")" = 0 ] || fail "cagent-$x exit $(spawned_rc "cagent-$x")" || return 1
-    done
-    stop_spawned bus-b 10
-    stop_spawned cemu 10
+    two_agents_down
 }
 check claims-agents-release-and-stop t_claims_stop
