@@ -58,6 +58,7 @@ async fn serve(
             snapshots: snapshots(env),
             claims: None,
             resv: None,
+            host_ids: None,
         },
     )
     .await

@@ -362,3 +362,81 @@ async fn modes_prefer_require_and_off_on_a_namespace_with_and_without_reservatio
     o.stop().await;
     api.cleanup().await;
 }
+
+/// Two hosts with one NVMe host ID would be one registrant to the target: the later one finds
+/// the other's lease carrying that ID and refuses every Connect, naming it; the first is not
+/// disturbed. What a user sees with kubectl: both host leases labelled with the ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_with_the_same_host_id_refuses_connect_naming_the_first() {
+    const SAME: &str = "3f2b0c4e-9d1a-4c6b-8e7f-5a4b3c2d1e0f";
+    let api = Api::start("resv-dup-hostid").await;
+    let r = FakeReservations::new();
+    r.enable(NQN, 4);
+    let same = |s: &mut volfence::config::Settings| s.nvme.hostid = Some(SAME.to_string());
+    let a = Agent::start_with(
+        &api,
+        "node-a",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000005401",
+        LeaseLossAction::Disconnect,
+        same,
+    )
+    .await;
+    let b = Agent::start_with(
+        &api,
+        "node-b",
+        "0f5e2c1a-8b7d-4e3f-9a2b-000000005402",
+        LeaseLossAction::Disconnect,
+        same,
+    )
+    .await;
+    a.kernel.set_reservations(r.clone());
+    b.kernel.set_reservations(r.clone());
+
+    let t = Instant::now();
+    let out = loop {
+        // B's check runs once its lease is held; until then its Connect may still pass.
+        let out = b.connect("vol-dup-b", 4).await;
+        if !out.status.success() {
+            break out;
+        }
+        assert!(b.disconnect("vol-dup-b").await.status.success());
+        assert!(t.elapsed() < Duration::from_secs(10), "B never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let msg = text(&out);
+    assert!(
+        msg.contains("org.volfence.Error.DuplicateHostId")
+            && msg.contains(SAME)
+            && msg.contains("node node-a"),
+        "{msg}"
+    );
+    assert!(registered(&r, 4).is_empty(), "B registered: {msg}");
+    // A listed before B's lease existed: it connects and reserves as ever.
+    let out = a.connect("vol-dup-a", 4).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(registered(&r, 4).len(), 1);
+
+    let kc = api.kubeconfig("admin");
+    let labelled = support::kubectl(
+        &kc,
+        &[
+            "get",
+            "leases",
+            "-n",
+            &api.leases,
+            "-l",
+            &format!("volfence.io/nvme-host-id={SAME}"),
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        labelled.contains("lease.coordination.k8s.io/node-a")
+            && labelled.contains("lease.coordination.k8s.io/node-b"),
+        "{labelled}"
+    );
+    assert!(a.disconnect("vol-dup-a").await.status.success());
+    a.stop().await;
+    b.stop().await;
+    api.cleanup().await;
+}

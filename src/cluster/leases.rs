@@ -11,12 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Patch;
+use kube::api::{ListParams, Patch};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -28,6 +28,7 @@ use super::error::StatusError;
 use super::events::{EventSpec, Events};
 use crate::fence::observer::{Observer, Verdict};
 use crate::fence::{ApiError, LeaseApi, LeaseRecord};
+use crate::nvme::hostid_check::{HostIdPeers, HOST_ID_LABEL};
 
 /// Peers' last sightings kept at most: one per host whose claim was in question lately.
 const MAX_PEERS: usize = 4096;
@@ -50,6 +51,8 @@ pub struct KubeLeases {
     /// Watch events received, for the scaling benchmark and for people.
     received: Arc<AtomicU64>,
     namespace: String,
+    /// This host's NVMe host ID, labelled on every write of its lease (see hostid_check).
+    host_id: Arc<OnceLock<String>>,
 }
 
 impl KubeLeases {
@@ -126,8 +129,23 @@ impl KubeLeases {
             watch_error,
             received,
             namespace: namespace.to_string(),
+            host_id: Arc::default(),
         };
         (leases, drive)
+    }
+
+    /// Labels every later write of this host's lease with its NVMe host ID (set once, before
+    /// the fence first writes).
+    pub fn label_host_id(&self, host_id: &str) {
+        let _ = self.host_id.set(host_id.to_ascii_lowercase());
+    }
+
+    fn labels(&self) -> serde_json::Value {
+        let mut l = json!({"app.kubernetes.io/managed-by": "volfence"});
+        if let Some(id) = self.host_id.get() {
+            l[HOST_ID_LABEL] = json!(id);
+        }
+        l
     }
 
     /// Watch events received so far (the own lease's renewals, and nothing about other hosts).
@@ -249,7 +267,7 @@ impl LeaseApi for KubeLeases {
         let lease: Lease = serde_json::from_value(json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": rec.name, "namespace": self.namespace, "labels": {"app.kubernetes.io/managed-by": "volfence"}},
+            "metadata": {"name": rec.name, "namespace": self.namespace, "labels": self.labels()},
             "spec": spec_json(rec),
         }))
         .map_err(|e| ApiError::Unavailable(format!("building the Lease: {e}")))?;
@@ -262,8 +280,11 @@ impl LeaseApi for KubeLeases {
 
     async fn replace(&self, rec: &LeaseRecord) -> Result<LeaseRecord, ApiError> {
         // The resourceVersion in a merge patch is a precondition: 409 if the lease moved on.
-        let patch =
-            json!({"metadata": {"resourceVersion": rec.resource_version}, "spec": spec_json(rec)});
+        // The labels too: a lease an older agent wrote, or a host whose host ID changed.
+        let patch = json!({
+            "metadata": {"resourceVersion": rec.resource_version, "labels": self.labels()},
+            "spec": spec_json(rec),
+        });
         self.api
             .patch(&rec.name, &patch_params(), &Patch::Merge(&patch))
             .await
@@ -283,5 +304,27 @@ impl LeaseApi for KubeLeases {
             warning,
         };
         self.events.on_lease(&self.namespace, name, &spec).await;
+    }
+}
+
+impl HostIdPeers for KubeLeases {
+    async fn leases_with_host_id(
+        &self,
+        host_id: &str,
+        consistent: bool,
+    ) -> Result<Vec<LeaseRecord>, ApiError> {
+        let lp = ListParams::default().labels(&format!("{HOST_ID_LABEL}={host_id}"));
+        // The cache (resourceVersion 0) for the periodic look: no etcd read per host.
+        let lp = if consistent { lp } else { lp.match_any() };
+        let list = self
+            .api
+            .list(&lp)
+            .await
+            .map_err(|e| ApiError::from(StatusError::from_kube(&e)))?;
+        Ok(list.items.iter().map(record).collect())
+    }
+
+    async fn warn(&self, reason: &str, message: &str) {
+        LeaseApi::event(self, &self.own, reason, message, true).await;
     }
 }

@@ -26,6 +26,7 @@ use crate::fence::{
 use crate::host::{Host, HostError};
 use crate::lvm::LvmTools;
 use crate::metrics::{self, Metrics};
+use crate::nvme::hostid_check::HostIdCheck;
 use crate::nvme::kernel::{NvmeFabrics, Uevent};
 use crate::nvme::resv::service::Reservations;
 use crate::nvme::resv::ReservationDevice;
@@ -219,6 +220,7 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let mut cluster = None;
     let mut claims: Option<Arc<dyn VolumeClaims>> = None;
+    let mut lease_peers = None;
     let backend = match settings.fence.backend {
         FenceBackend::Standalone => {
             let w = "standalone fence backend: the lease is a local file; NO cross-host fencing — use only on a single host or for development";
@@ -265,6 +267,7 @@ pub async fn run_with(
             });
             claims = Some(held);
             cluster = Some(c);
+            lease_peers = Some(leases.clone());
             let secs = i32::try_from(f.lease_duration.as_secs()).unwrap_or(i32::MAX);
             AnyLease::Kube(Box::new(KubeLease::new(
                 leases,
@@ -300,6 +303,13 @@ pub async fn run_with(
         &mut warnings,
     )
     .await?;
+    // One host ID per host in the cluster, checked through the host leases (labelled before
+    // the fence writes its lease for the first time).
+    let host_ids = lease_peers.map(|peers| {
+        let hostid = &volumes.identity().hostid;
+        peers.label_host_id(hostid);
+        (Arc::new(HostIdCheck::new(hostid, &holder.node)), peers)
+    });
     let (beat_notifier, beat_wd) = (notifier.clone(), hw_watchdog.clone());
     let (fence_loop, fence) = FenceLoop::new(
         backend,
@@ -386,6 +396,14 @@ pub async fn run_with(
             ("reservation-check", Ok(()))
         }
     });
+    if let Some((check, peers)) = &host_ids {
+        tasks.spawn(tasks::host_id_check(
+            check.clone(),
+            peers.clone(),
+            fence.subscribe(),
+            shutdown.clone(),
+        ));
+    }
     let iface = dbus::serve(
         &conn,
         info,
@@ -396,6 +414,7 @@ pub async fn run_with(
             snapshots: snapshots.clone(),
             claims: claims.clone(),
             resv: Some(resv),
+            host_ids: host_ids.map(|(c, _)| c),
         },
     )
     .await?;

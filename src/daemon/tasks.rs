@@ -18,6 +18,7 @@ use crate::claims::VolumeClaims;
 use crate::dbus;
 use crate::fence::{record, Fence, FenceState, FenceStatus};
 use crate::metrics::Metrics;
+use crate::nvme::hostid_check::{HostIdCheck, HostIdPeers, RECHECK};
 use crate::nvme::volumes::Volumes;
 
 /// systemd's STATUS= and the fence metrics, from every fence transition. STATUS= lines come
@@ -119,6 +120,46 @@ pub async fn claims_reconcile(
         tokio::select! {
             _ = shutdown.cancelled() => return ("claims-reconcile", Ok(())),
             r = rx.changed() => if r.is_err() { return ("claims-reconcile", Ok(())) },
+        }
+    }
+}
+
+/// Whether another live host has this host's NVMe host ID: a consistent list at every new
+/// holding (this host's lease carries the label by then), the cache's every RECHECK after it.
+/// A failed list is tried again at the next fence change (every renew is one).
+pub async fn host_id_check<P: HostIdPeers>(
+    check: Arc<HostIdCheck>,
+    peers: P,
+    mut rx: watch::Receiver<FenceStatus>,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    let mut done_epoch = 0;
+    let mut next = tokio::time::Instant::now() + RECHECK;
+    let mut failing = false;
+    loop {
+        let st = rx.borrow_and_update().clone();
+        let held = st.state == FenceState::Held;
+        let due = tokio::time::Instant::now() >= next;
+        if held && (st.epoch != done_epoch || due) {
+            match check.run(&peers, st.epoch != done_epoch).await {
+                Ok(()) => {
+                    done_epoch = st.epoch;
+                    next = tokio::time::Instant::now() + RECHECK;
+                    failing = false;
+                }
+                Err(e) if !std::mem::replace(&mut failing, true) => {
+                    tracing::warn!(
+                        "cannot list the leases with NVMe host ID {}: {e}; trying again",
+                        check.host_id()
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return ("host-id-check", Ok(())),
+            r = rx.changed() => if r.is_err() { return ("host-id-check", Ok(())) },
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }

@@ -15,6 +15,7 @@ use zbus::{interface, Connection, OwnedVariant, Variant};
 use crate::claims::{Acquired, ClaimError, VolumeClaims};
 use crate::config::BusSpec;
 use crate::fence::{Fence, FenceError, FenceStatus};
+use crate::nvme::hostid_check::{HostIdCheck, HostIdError};
 use crate::nvme::resv::policy::Role;
 use crate::nvme::resv::service::Reservations;
 use crate::nvme::resv::ResvError;
@@ -67,6 +68,9 @@ pub enum Error {
     /// host's key holds it, or `nvme.reservations = "require"` and the namespace has none):
     /// the volume was not left connected.
     Reservation(String),
+    /// Another live host in the cluster has this host's NVMe host ID: the target could not tell
+    /// the two apart, so nothing is connected; the message names the other node.
+    DuplicateHostId(String),
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -80,6 +84,12 @@ impl From<FenceError> for Error {
 impl From<ResvError> for Error {
     fn from(e: ResvError) -> Self {
         Error::Reservation(e.to_string())
+    }
+}
+
+impl From<HostIdError> for Error {
+    fn from(e: HostIdError) -> Self {
+        Error::DuplicateHostId(e.to_string())
     }
 }
 
@@ -141,6 +151,8 @@ pub struct Agent {
     claims: Option<Arc<dyn VolumeClaims>>,
     /// The volumes' reservations at the target (None: no reservation command is sent).
     resv: Option<Arc<Reservations>>,
+    /// Whether this host's NVMe host ID is its own in the cluster (None: standalone).
+    host_ids: Option<Arc<HostIdCheck>>,
 }
 
 fn var<'a>(v: impl Into<Variant<'a>>) -> OwnedVariant {
@@ -342,6 +354,9 @@ impl Agent {
         let source = volumes::migration_source(&mut options, self.claims.as_deref())?;
         let req = volumes::connect_request(volume_id, target, options)?;
         let guard = self.fence.guard()?;
+        if let Some(h) = &self.host_ids {
+            h.refusal()?;
+        }
         let id = req.volume_id.clone();
         // The routine reservation check leaves the volume to this Connect until it returns.
         let _busy = self.resv.as_ref().map(|r| r.busy(&id));
@@ -642,6 +657,8 @@ pub struct Served {
     pub claims: Option<Arc<dyn VolumeClaims>>,
     /// None: no reservation command is sent.
     pub resv: Option<Arc<Reservations>>,
+    /// None with the standalone backend.
+    pub host_ids: Option<Arc<HostIdCheck>>,
 }
 
 /// Exports the objects, then claims the well-known name (so a caller that sees the name sees
@@ -658,6 +675,7 @@ pub async fn serve(
         snapshots,
         claims,
         resv,
+        host_ids,
     } = served;
     let server = conn.object_server();
     server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
@@ -671,6 +689,7 @@ pub async fn serve(
         snapshots,
         claims,
         resv,
+        host_ids,
     };
     server.at(AGENT_PATH, ReadOnlyProps::new(agent)).await?;
     let reply = conn

@@ -1,6 +1,7 @@
 //! NVMe over Fabrics (TCP): connect, disconnect and resolve volumes through `/dev/nvme-fabrics`,
 //! sysfs and udev.
 
+pub mod hostid_check;
 pub mod identity;
 pub mod kernel;
 pub mod nqn;
