@@ -395,7 +395,15 @@ impl Agent {
             } else {
                 Role::Sole
             };
-            if let Err(e) = r.secure(&guard, &info, role, role == Role::Sole).await {
+            let t = StdInstant::now();
+            let secured = r.secure(&guard, &info, role, role == Role::Sole).await;
+            // The reservation's share of a Connect (the connect benchmark's laps stop before it).
+            tracing::info!(
+                VOLUME = id.as_str(),
+                "volume {id}: reservation step of Connect took {:.1} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            if let Err(e) = secured {
                 if attached_before {
                     // In use already: the routine check keeps trying, the bus shows why.
                     tracing::error!(VOLUME = id.as_str(), "{e}");

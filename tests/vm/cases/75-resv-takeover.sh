@@ -176,6 +176,14 @@ t_rt_stop() {
     grep -q "reservation key .* unregistered" "$OUT/cagent-$x.log" || fail "$x did not unregister" || return 1
     expect_rc 0 ckubectl get lease -n volfence-claims -o name || return 1
     [ -z "$RUN_OUT" ] || contains "$RUN_OUT" "No resources" || fail "claims left: $RUN_OUT" || return 1
+    # The reservation's share of each Connect, from the agents' own lines: A's first Connect
+    # registered and acquired; every later one took over (register, preempt-and-abort).
+    local steps='reservation step of Connect took [0-9.]* ms' plain takeovers
+    plain=$(grep -o "$steps" "$OUT/cagent-a.log" | head -1 | awk '{print $6}')
+    takeovers=$( { grep -o "$steps" "$OUT/cagent-a.log" | tail -n +2; grep -o "$steps" "$OUT/cagent-b.log"; } \
+        | awk '{print $6}' | sort -n | paste -sd' ' -)
+    [ -n "$plain" ] && [ -n "$takeovers" ] || fail "no reservation step lines in the agents' logs" || return 1
+    echo "resv-connect: the reservation step of Connect (agent work and the target's answers): register + acquire $plain ms; takeovers (register + preempt-and-abort): $takeovers ms"
     two_agents_down
 }
 check resv-takeover-agents-stop t_rt_stop
